@@ -1,0 +1,40 @@
+# amadeus: `make repro` sets everything up and runs the pipeline; `make test` runs the tests.
+# Both are idempotent: the venv is rebuilt only when pyproject.toml or constraints.txt change,
+# and `dvc repro` reruns only the stages whose inputs changed.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+export PATH := $(abspath $(BIN)):$(PATH)
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup repro test bench lint clean-outputs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt tools/setup-system.sh
+	@bash tools/setup-system.sh
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=23.2"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+repro: setup
+	@test -d .git || git init -q
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
+test: setup
+	$(BIN)/ruff check lib stages tests bench tools
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/quantize.py
+	$(BIN)/python bench/generate.py
+
+lint: setup
+	$(BIN)/ruff check lib stages tests bench tools

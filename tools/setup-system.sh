@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# System packages amadeus needs beyond Python: the fluidsynth library (WAV rendering) and venv support.
+# Installs them with apt-get when missing and we may (root, or sudo without a password); otherwise says how.
+set -euo pipefail
+
+need=()
+ldconfig -p 2>/dev/null | grep -q 'libfluidsynth\.so' || need+=(libfluidsynth3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+[ ${#need[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+  sudo=""
+elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+  sudo="sudo"
+else
+  echo "amadeus: missing system packages: ${need[*]}. Install them with: sudo apt-get install ${need[*]}" >&2
+  echo "amadeus: continuing; WAV rendering needs libfluidsynth3." >&2
+  exit 0
+fi
+if ! command -v apt-get >/dev/null; then
+  echo "amadeus: no apt-get here; install the fluidsynth library (libfluidsynth) with your package manager." >&2
+  exit 0
+fi
+echo "amadeus: installing ${need[*]} with apt-get"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
