@@ -1,0 +1,288 @@
+"""NLL evaluation and MGEval-style musical statistics (features, distances, KDE, overlap area, KL)."""
+
+import math
+
+import numpy as np
+import pretty_midi
+import pytest
+import torch
+
+from amadeus import metrics as M
+
+
+def piece(rng, seconds=60.0, rate=4.0, pitches=(48, 72), velocity=(50, 90), duration=(0.1, 0.6)):
+    n = int(rate * seconds)
+    start = np.sort(rng.uniform(0, seconds, n))
+    return np.stack([start, start + rng.uniform(*duration, n), rng.integers(*pitches, n),
+                     rng.integers(*velocity, n)], axis=1)
+
+
+def segment_set(rng, pieces=4, **kw):
+    return [s for _ in range(pieces) for s in M.segments(piece(rng, **kw), 10.0)]
+
+
+# ------------------------------------------------------------------ features of one piece
+
+
+def test_features_of_a_known_piece():
+    # C4 for 1 s, then E4+G4 together for 0.5 s, then C5 for 0.5 s.
+    notes = np.array([[0.0, 1.0, 60, 40], [1.0, 1.5, 64, 80], [1.0, 1.5, 67, 80], [2.0, 2.5, 72, 120]])
+    pch = M.pitch_class_histogram(notes)
+    assert pch[0] == pytest.approx(1.5 / 2.5) and pch[4] == pytest.approx(0.5 / 2.5)
+    assert pch.sum() == pytest.approx(1.0)
+    assert M.pitch_range(notes)[0] == 12
+    assert M.notes_per_second(notes)[0] == pytest.approx(4 / 2.5)
+    # Distinct onsets 0, 1, 2: two gaps of 1 s (the chord counts once).
+    ioi = M.inter_onset_intervals(notes)
+    assert ioi.sum() == pytest.approx(1.0)
+    assert ioi[np.searchsorted(M.TIME_BINS, 1.0) - 1] == pytest.approx(1.0)
+    assert M.durations(notes).sum() == pytest.approx(1.0)
+    assert M.velocities(notes)[[2, 5, 7]] == pytest.approx([0.25, 0.5, 0.25])
+    # Sounding frames: 1 s of one note, 0.5 s of two, 0.5 s of one -> (100 + 100 + 50) / 200.
+    assert M.polyphony(notes)[0] == pytest.approx(250 / 200)
+
+
+def test_note_array_reads_pretty_midi_and_skips_drums():
+    pm = pretty_midi.PrettyMIDI()
+    piano, drums = pretty_midi.Instrument(0), pretty_midi.Instrument(0, is_drum=True)
+    piano.notes = [pretty_midi.Note(70, 64, 1.0, 2.0), pretty_midi.Note(80, 60, 0.0, 0.5)]
+    drums.notes = [pretty_midi.Note(100, 36, 0.0, 0.1)]
+    pm.instruments += [piano, drums]
+    assert M.note_array(pm).tolist() == [[0.0, 0.5, 60, 80], [1.0, 2.0, 64, 70]]
+
+
+def test_segments_cut_by_onset_shift_to_zero_and_drop_sparse_ones():
+    notes = np.array([[t, t + 0.2, 60, 64] for t in [0.5, 1.0, 2.0, 3.0, 12.0, 21.0, 22.0, 23.0, 24.0]])
+    segs = M.segments(notes, 10.0, min_notes=4)
+    assert len(segs) == 2  # the 10-20 s segment has one note
+    assert segs[1][:, 0].tolist() == pytest.approx([1.0, 2.0, 3.0, 4.0])
+
+
+def test_features_table_shapes():
+    rng = np.random.default_rng(0)
+    feats = M.features(segment_set(rng, pieces=1))
+    assert set(feats) == set(M.FEATURES)
+    n = len(feats["pitch_range"])
+    assert feats["pitch_class_histogram"].shape == (n, 12)
+    assert feats["polyphony"].shape == (n, 1)
+    with pytest.raises(ValueError, match="at least one note"):
+        M.features([np.zeros((0, 4))])
+
+
+# ------------------------------------------------------------------ distances, KDE, OA, KL
+
+
+def test_intra_and_inter_distances():
+    a = np.array([[0.0], [1.0], [3.0]])
+    assert sorted(M.intra_set_distances(a)) == [1, 1, 2, 2, 3, 3]  # leave-one-out: no self pairs
+    assert sorted(M.inter_set_distances(a, np.array([[1.0]]))) == [0, 1, 2]
+    assert M.intra_set_distances(a[:1]).tolist() == [0.0]  # one item: its distance to itself
+
+
+def test_kde_integrates_to_one_and_matches_scott():
+    sample = np.random.default_rng(1).normal(size=500)
+    h = M.scott_bandwidth(sample)
+    assert h == pytest.approx(np.std(sample, ddof=1) * 500 ** -0.2)
+    x = np.linspace(-8, 8, 2001)
+    assert np.trapezoid(M.GaussianKDE(sample, h).pdf(x), x) == pytest.approx(1.0, abs=1e-3)
+    # Far out in the tail the log density stays finite (no underflow to -inf).
+    assert np.isfinite(M.GaussianKDE(sample, h).log_pdf(np.array([1e3]))).all()
+
+
+def test_compare_samples_known_cases():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(0, 1, 2000), rng.normal(0, 1, 2000)
+    oa, kl = M.compare_samples(a, b)
+    assert oa > 0.9 and kl < 0.05
+    # Two unit normals 2 apart: true OA = 2 * Phi(-1) = 0.317, true KL = 2 nats. The KDE's tails are
+    # thinner than a normal's beyond the sample (Gaussian bumps of width h, not 1), which raises KL a bit.
+    oa, kl = M.compare_samples(a, rng.normal(2, 1, 2000))
+    assert oa == pytest.approx(2 * 0.5 * math.erfc(1 / math.sqrt(2)), abs=0.05)
+    assert 1.8 < kl < 3.0
+    oa, kl = M.compare_samples(a, rng.normal(50, 1, 2000))
+    assert oa < 1e-6 and math.isfinite(kl) and kl > 100
+
+
+def test_degenerate_samples_give_numbers_not_nan():
+    assert M.compare_samples(np.zeros(5), np.zeros(7)) == pytest.approx((1.0, 0.0), abs=1e-6)
+    for p, q in [(np.zeros(1), np.zeros(1)), (np.zeros(4), np.ones(4)), (np.array([2.0]), np.arange(10.0))]:
+        oa, kl = M.compare_samples(p, q)
+        assert math.isfinite(oa) and math.isfinite(kl) and 0 <= oa <= 1 and kl >= 0
+    oa, _ = M.compare_samples(np.zeros(4), np.ones(4) * 100)
+    assert oa < 1e-6
+
+
+def test_compare_sets_orders_same_similar_and_different_music():
+    rng = np.random.default_rng(3)
+    reference = M.features(segment_set(rng))
+    similar = M.features(segment_set(rng))
+    different = M.features(segment_set(rng, rate=15, pitches=(20, 110), velocity=(1, 128), duration=(0.01, 3)))
+    same = M.compare_sets(reference, reference)
+    sim = M.compare_sets(reference, similar)
+    diff = M.compare_sets(reference, different)
+    for name in M.FEATURES:
+        assert same[name].overlap > 0.9 and same[name].kl < 0.1, name
+        assert sim[name].overlap > 0.75, name
+        assert diff[name].overlap < sim[name].overlap, name
+        assert diff[name].kl > sim[name].kl, name
+    assert np.mean([c.overlap for c in diff.values()]) < 0.3
+    assert diff["notes_per_second"].candidate_mean > 3 * diff["notes_per_second"].reference_mean
+    assert "reference_mean" not in diff["velocities"].as_dict()
+
+
+def test_compare_sets_with_a_single_piece_has_no_nan():
+    rng = np.random.default_rng(4)
+    one = M.features(segment_set(rng)[:1])
+    many = M.features(segment_set(rng))
+    for result in (M.compare_sets(one, one), M.compare_sets(one, many), M.compare_sets(many, one)):
+        for c in result.values():
+            assert math.isfinite(c.overlap) and math.isfinite(c.kl)
+    assert all(c.overlap == pytest.approx(1.0) for c in M.compare_sets(one, one).values())
+
+
+# ------------------------------------------------------------------ NLL
+
+
+class UnigramModel(torch.nn.Module):
+    """Predicts a fixed distribution; `loss` follows the model protocol (mean nats over targets)."""
+
+    family = "unigram"
+
+    def __init__(self, probs):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.log(torch.as_tensor(probs, dtype=torch.float32)))
+        self.modes = []
+        self.controls_seen = []
+
+    def loss(self, ids, controls=None):
+        self.modes.append(self.training)
+        self.controls_seen.append(None if controls is None else controls.tolist())
+        targets = ids[:, 1:]
+        logits = self.logits.expand(*targets.shape, -1)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def test_evaluate_nll_is_the_mean_over_scored_positions_in_eval_mode():
+    probs = np.array([0.5, 0.25, 0.25])
+    model = UnigramModel(probs)
+    model.train()
+    windows = np.array([[0, 0, 0], [1, 2, 1], [0, 1, 2]])  # targets: 0 0 | 2 1 | 1 2
+    expected = -np.mean(np.log(probs[[0, 0, 2, 1, 1, 2]]))
+    assert M.evaluate_nll(model, windows, batch_size=2) == pytest.approx(expected, rel=1e-6)
+    assert model.modes == [False, False] and model.training  # evaluated in eval mode, mode restored
+    batches = [torch.tensor(windows[:1]), torch.tensor(windows[1:])]
+    assert M.evaluate_nll(model, batches) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError):
+        M.evaluate_nll(model, np.zeros((0, 3), dtype=np.int64))
+
+
+def test_evaluate_nll_passes_controls_batch_by_batch():
+    model = UnigramModel([0.5, 0.5])
+    windows = np.zeros((3, 4), dtype=np.int64)
+    controls = np.arange(3, dtype=np.float32)[:, None]
+    assert M.evaluate_nll(model, windows, controls, batch_size=2) == pytest.approx(math.log(2), rel=1e-6)
+    assert model.controls_seen == [[[0.0], [1.0]], [[2.0]]]
+    M.evaluate_nll(model, [(torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 1))])
+    assert model.controls_seen[-1] == [[1.0]]
+
+
+def test_evaluate_nll_of_a_real_family_matches_its_loss_in_eval_mode():
+    from amadeus.models.performance_rnn import PerformanceRNN
+    from amadeus.windows import fixed_windows
+
+    torch.manual_seed(0)
+    config = PerformanceRNN.Config(embed_dim=8, input_size=8, hidden_size=16, num_layers=1, controls=True)
+    model = PerformanceRNN(config)
+    rng = np.random.default_rng(5)
+    pieces = [np.concatenate([rng.integers(0, 128, 60), rng.integers(256, 300, 60)]) for _ in range(3)]
+    ids, ctrl = fixed_windows(pieces, 31, max_windows=8, controls=True)
+    nll = M.evaluate_nll(model, ids, ctrl, batch_size=3)
+    model.eval()
+    with torch.no_grad():
+        assert nll == pytest.approx(float(model.loss(ids, ctrl)), rel=1e-5)
+    assert 0.5 * math.log(388) < nll < 2 * math.log(388)  # untrained: near uniform
+
+
+# ------------------------------------------------------------------ the evaluate stage
+
+
+def _load_stage():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "stages" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("stage_evaluate", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def _performance(rng, seconds, rate=5.0, pitches=(48, 84)):
+    pm = pretty_midi.PrettyMIDI()
+    piano = pretty_midi.Instrument(program=0)
+    for s, e, p, v in piece(rng, seconds=seconds, rate=rate, pitches=pitches):
+        piano.notes.append(pretty_midi.Note(int(v), int(p), float(s), float(e)))
+    pm.instruments.append(piano)
+    return pm
+
+
+def test_evaluate_stage_reports_models_ceiling_and_floor(tmp_path):
+    import json
+
+    from amadeus import checkpoint, codec, data
+    from amadeus.models.performance_rnn import PerformanceRNN
+    from amadeus.params import as_dict
+
+    stage = _load_stage()
+    rng = np.random.default_rng(6)
+    folder = tmp_path / "dataset" / "processed" / "mine"
+    pieces = []
+    for i, split in enumerate(["train", "validation", "validation", "test", "test"]):
+        ids = codec.encode(_performance(rng, 40.0))
+        data.save_events(folder / f"p{i}.data", ids)
+        pieces.append({"name": f"p{i}", "file": f"p{i}.data", "split": split, "events": len(ids)})
+    (folder / "manifest.json").write_text(json.dumps({"pieces": pieces, "codec": {"flavour": "magenta"}}))
+
+    # Continuations as the generate stage writes them: NAME.mid listed in index.json (fp32 only).
+    out = tmp_path / "output" / "performance_rnn" / "fp32"
+    out.mkdir(parents=True)
+    listed = []
+    for i in range(3):
+        name = f"test_{i}"
+        _performance(rng, 30.0, rate=12.0, pitches=(30, 100)).write(str(out / f"{name}.mid"))
+        listed.append({"name": name, "files": {"continuation": f"{name}.mid", "full": f"{name}.full.mid"}})
+    (out / "stray.full.mid").write_bytes(b"not read")
+    (out / "index.json").write_text(json.dumps({"pieces": listed}))
+
+    # A real .sess of a tiny untrained GRU.
+    torch.manual_seed(0)
+    config = PerformanceRNN.Config(embed_dim=8, input_size=8, hidden_size=16, num_layers=1)
+    checkpoint.save(tmp_path / "save" / "performance_rnn.sess", {
+        "format": checkpoint.FORMAT, "family": "performance_rnn", "config": as_dict(config), "precision": "fp32",
+        "model": PerformanceRNN(config).state_dict(), "codec": {"flavour": "magenta"}})
+
+    params = {"models": ["performance_rnn", "perceiver_ar"], "datasets": ["mine"],
+              "codec": {"flavour": "magenta"},
+              "evaluate": {"segment_seconds": 5.0, "nll_window": 64, "nll_max_windows": 8, "floor_pieces": 2,
+                           "floor_events": 600}}
+    report = stage.evaluate(params, tmp_path)
+    entry = report["models"]["performance_rnn"]["fp32"]
+    assert set(report["models"]["perceiver_ar"]) == set()  # no checkpoint, no outputs: nothing to report
+    assert "int8" not in report["models"]["performance_rnn"]
+    assert entry["pieces"] == 3 and entry["segments"] > 10
+    assert 0.5 * math.log(388) < entry["val_nll"] < 2 * math.log(388)
+    assert entry["test_nll"] is not None and entry["nll_window"] == 64
+    assert report["reference"]["pieces"] == 2
+    assert set(entry["features"]) == set(M.FEATURES)
+    # Real vs real overlaps far more than the dense wide-range "model" or random ids do.
+    assert report["ceiling"]["mean_overlap"] > entry["mean_overlap"]
+    assert report["ceiling"]["mean_overlap"] > report["floor"]["mean_overlap"]
+    assert report["ceiling"]["mean_overlap"] > 0.6
+    assert entry["features"]["notes_per_second"]["candidate_mean"] > 2 * \
+        entry["features"]["notes_per_second"]["reference_mean"]
+    text = stage.markdown(report)
+    assert "| performance_rnn fp32 |" in text and "| ceiling (real vs real) |" in text
+    assert "| floor (random ids) |" in text
+    json.dumps(report, allow_nan=False)  # valid JSON: no NaN anywhere
