@@ -46,7 +46,7 @@ def _encode_one(job: _Job) -> dict:
     try:
         piece = codec.encode_path(job.src, flavour=job.flavour, max_piece_seconds=job.max_piece_seconds)
     except codec.MidiError as e:
-        return {"source": job.rel, "reason": str(e)}
+        return {"source": job.rel, "reason": e.reason}
     data.save_events(job.dst, piece.ids)
     return {"source": job.rel, "file": job.dst.name, "sha256": data.sha256_file(job.src),
             "events": int(len(piece.ids)), "notes": int(piece.notes), "seconds": round(float(piece.seconds), 3)}
