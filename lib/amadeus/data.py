@@ -27,14 +27,20 @@ SPLITS = ("train", "validation", "test")
 SPLIT_FILE = "split.csv"  # written by sources that know their official split: header `path,split`
 
 
-def save_events(path: str | os.PathLike, ids: np.ndarray) -> None:
-    """Write event ids as a uint16 .npy file, atomically (the same ids give the same bytes)."""
+def save_events(path: str | os.PathLike, ids: np.ndarray, *, atomic: bool = True) -> None:
+    """Write event ids as a uint16 .npy file (the same ids give the same bytes).
+
+    `atomic=False` is for callers that write into a staging folder they swap in as a whole.
+    """
     ids = np.asarray(ids)
     if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(np.uint16).max):
         raise ValueError("event ids out of uint16 range")
     buf = io.BytesIO()
     np.save(buf, ids.astype(np.uint16, copy=False), allow_pickle=False)
-    write_bytes(path, buf.getvalue())
+    if atomic:
+        write_bytes(path, buf.getvalue())
+    else:
+        Path(path).write_bytes(buf.getvalue())
 
 
 def load_events(path: str | os.PathLike) -> np.ndarray:

@@ -1,13 +1,16 @@
 """Preprocess: a folder of MIDI files -> `.data` event files + manifest + metrics.
 
 Files are encoded in parallel worker processes. A broken file is skipped with a one-line reason,
-listed in the manifest and counted; the stage fails only when no file is usable.
+listed in the manifest and counted; the stage fails only when no file is usable. The output folder
+is built beside the old one and swapped in when complete (two renames instead of one per file), so
+an interrupted run never leaves a mix of old and new files.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -47,7 +50,7 @@ def _encode_one(job: _Job) -> dict:
         piece = codec.encode_path(job.src, flavour=job.flavour, max_piece_seconds=job.max_piece_seconds)
     except codec.MidiError as e:
         return {"source": job.rel, "reason": e.reason}
-    data.save_events(job.dst, piece.ids)
+    data.save_events(job.dst, piece.ids, atomic=False)  # the whole folder is swapped in atomically
     return {"source": job.rel, "file": job.dst.name, "sha256": data.sha256_file(job.src),
             "events": int(len(piece.ids)), "notes": int(piece.notes), "seconds": round(float(piece.seconds), 3)}
 
@@ -62,8 +65,10 @@ def preprocess(midi_dir: str | os.PathLike, out_dir: str | os.PathLike, config: 
     if not rels:
         raise UserError(f"{midi_dir}: no MIDI files (*.mid, *.midi) found")
     started = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [_Job(midi_dir / rel, rel, out_dir / data.data_name(rel), codec_config.flavour,
+    staging = out_dir.parent / f".{out_dir.name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    jobs = [_Job(midi_dir / rel, rel, staging / data.data_name(rel), codec_config.flavour,
                  codec_config.max_piece_seconds) for rel in rels]
     results = _run(jobs, config.workers)
 
@@ -72,6 +77,7 @@ def preprocess(midi_dir: str | os.PathLike, out_dir: str | os.PathLike, config: 
     for s in skipped:
         log(f"skipped {s['source']}: {s['reason']}")
     if not pieces:
+        shutil.rmtree(staging)
         raise UserError(f"{midi_dir}: none of the {len(rels)} MIDI files is usable (see the reasons above)")
 
     official = data.read_split_file(midi_dir)
@@ -87,10 +93,6 @@ def preprocess(midi_dir: str | os.PathLike, out_dir: str | os.PathLike, config: 
         p["split"] = split[p["source"]]
         p["name"] = Path(p["file"]).stem
 
-    keep = {p["file"] for p in pieces}
-    for stale in out_dir.glob(f"*{data.EXT}"):
-        if stale.name not in keep:
-            stale.unlink()
     manifest = {
         "codec": {"version": codec.CODEC_VERSION, "flavour": codec_config.flavour},
         "source_folder": midi_dir.as_posix(),
@@ -101,7 +103,8 @@ def preprocess(midi_dir: str | os.PathLike, out_dir: str | os.PathLike, config: 
                    for p in pieces],
         "skipped": skipped,
     }
-    write_json(out_dir / data.MANIFEST, manifest)
+    write_json(staging / data.MANIFEST, manifest)
+    _swap_in(staging, out_dir)
     seconds = time.perf_counter() - started
     notes = sum(p["notes"] for p in pieces)
     return {
@@ -110,6 +113,15 @@ def preprocess(midi_dir: str | os.PathLike, out_dir: str | os.PathLike, config: 
         "seconds": round(seconds, 4), "notes_per_second": round(notes / seconds),
         "music_seconds": round(sum(p["seconds"] for p in pieces), 1), "splits": manifest["splits"],
     }
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    old = target.parent / f".{target.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _run(jobs: list[_Job], workers: int) -> list[dict]:
