@@ -1,0 +1,167 @@
+"""Generation speed at batch 1: the 3x512 Performance RNN, fp32 against int8, in one run.
+
+    python bench/generate.py [--tokens 1000] [--rounds 5] [--threads 1] [--json out.json]
+
+Both models have the same random weights (speed does not depend on training); int8 is made by
+`amadeus.quant` with static activation ranges calibrated on random windows, as the quantize stage
+does with real ones. Each round times fp32 and int8 back to back (the median over rounds counts), so
+load on a shared machine hits both alike. Two figures per model: the full sampler
+(`amadeus.sampling.generate`, top-p 0.95, what the generate stage runs) and the bare model step
+(argmax fed back), whose gap is the sampler's overhead. Target: fp32 >= 1,000 tokens/s on one thread.
+
+Also, if the Perceiver AR is importable: its cached against uncached generation at batch 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from amadeus.models import build_model
+from amadeus.sampling import generate
+
+TARGET_FP32 = 1000.0
+
+
+def machine() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+GRU_3X512 = {"embed_dim": 256, "input_size": 512, "hidden_size": 512, "num_layers": 3}
+
+
+def gru_3x512() -> torch.nn.Module:
+    """The Performance RNN from the registry with a 3-layer 512-wide GRU (other settings: defaults)."""
+    torch.manual_seed(0)
+    return build_model("performance_rnn", GRU_3X512).eval()
+
+
+def int8_copy(model: torch.nn.Module) -> tuple[torch.nn.Module | None, str]:
+    """An int8 copy through amadeus.quant (static ranges from random windows), or None and why not."""
+    try:
+        from amadeus.quant import quantize_model
+        from amadeus.quant.workflow import calibrate
+    except ImportError as e:
+        return None, f"amadeus.quant not importable ({e})"
+    rng = np.random.default_rng(0)
+    windows = [(torch.from_numpy(rng.integers(0, 388, (4, 201))), None) for _ in range(4)]
+    q = copy.deepcopy(model)
+    quantize_model(q, calibrate(model, windows))
+    return q.eval(), "amadeus.quant, static ranges (clip avg) from 4 random windows"
+
+
+@torch.no_grad()
+def bare_steps(model: torch.nn.Module, tokens: int) -> float:
+    """tokens/s of prefill + `tokens` steps feeding back the argmax (no sampler)."""
+    start = time.perf_counter()
+    logits, state = model.prefill(torch.zeros(1, 0, dtype=torch.long))
+    for _ in range(tokens):
+        logits, state = model.step(logits.argmax(-1), state)
+    return tokens / (time.perf_counter() - start)
+
+
+def sampled(model: torch.nn.Module, tokens: int, **kwargs) -> float:
+    start = time.perf_counter()
+    out = generate(model, None, tokens, do_sample=True, top_p=0.95, seed=0, **kwargs)
+    return (out.shape[1]) / (time.perf_counter() - start)
+
+
+def compare(models: dict[str, torch.nn.Module], tokens: int, rounds: int) -> dict[str, dict[str, float]]:
+    for m in models.values():  # warm-up: allocator, first-call paths
+        sampled(m, 50)
+        bare_steps(m, 50)
+    runs: dict[str, dict[str, list[float]]] = {k: {"sampled": [], "bare": []} for k in models}
+    for _ in range(rounds):
+        for name, m in models.items():
+            runs[name]["sampled"].append(sampled(m, tokens))
+            runs[name]["bare"].append(bare_steps(m, tokens))
+    return {name: {kind: round(statistics.median(v), 1) for kind, v in r.items()} for name, r in runs.items()}
+
+
+def perceiver_cache(tokens: int, rounds: int) -> dict | None:
+    """Cached vs uncached Perceiver AR generation (default config, random weights), or None."""
+    try:
+        from amadeus.models.perceiver_ar import PerceiverAR, PerceiverARConfig
+    except ImportError:
+        return None
+    hook = getattr(PerceiverAR, "bench_cache", None)
+    if callable(hook):  # the model's own benchmark, if it has one
+        return hook(tokens=tokens, rounds=rounds)
+    torch.manual_seed(0)
+    config = PerceiverARConfig()
+    model = PerceiverAR(config).eval()
+    prompt = torch.randint(0, 388, (1, config.max_seq_len // 2))
+    kw = {"num_latents": 1}
+    res: dict[str, list[float]] = {"cached": [], "uncached": []}
+    for cache in (True, False):  # warm-up
+        generate(model, prompt, 5, do_sample=True, seed=0, model_kwargs={**kw, "use_cache": cache})
+    for _ in range(rounds):
+        for name, cache in (("cached", True), ("uncached", False)):
+            start = time.perf_counter()
+            generate(model, prompt, tokens, do_sample=True, seed=0, model_kwargs={**kw, "use_cache": cache})
+            res[name].append(tokens / (time.perf_counter() - start))
+    med = {k: round(statistics.median(v), 1) for k, v in res.items()}
+    return {"config": f"seq {config.max_seq_len}, latents {config.max_latents}, C {config.num_channels}, "
+                      f"{config.num_self_attention_layers} self layers; prompt {prompt.shape[1]}, "
+                      f"num_latents 1, {tokens} tokens",
+            "tokens_per_second_cached": med["cached"], "tokens_per_second_uncached": med["uncached"],
+            "speedup": round(med["cached"] / med["uncached"], 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=1000, help="events per timed run")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--perceiver-tokens", type=int, default=200, help="0 = skip the Perceiver AR figure")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    fp32 = gru_3x512()
+    int8, how = int8_copy(fp32)
+    models = {"fp32": fp32} if int8 is None else {"fp32": fp32, "int8": int8}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"machine: {machine()} ({os.cpu_count()} CPUs, load average {load:.1f}); torch {torch.__version__}; "
+          f"threads {torch.get_num_threads()}")
+    print(f"model: Performance RNN {GRU_3X512}, random weights, batch 1; int8: {how}")
+    print(f"timing: {args.rounds} interleaved rounds of {args.tokens} events, median")
+    res = compare(models, args.tokens, args.rounds)
+    for name, r in res.items():
+        print(f"  {name}: {r['sampled']:8,.0f} tokens/s sampled (top-p 0.95)   {r['bare']:8,.0f} tokens/s bare step")
+    if "int8" in res:
+        print(f"  int8 / fp32 (sampled): {res['int8']['sampled'] / res['fp32']['sampled']:.2f}x")
+    else:
+        print("  int8: not measured (see above); fp32 only")
+    met = res["fp32"]["sampled"] >= TARGET_FP32
+    print(f"  target fp32 >= {TARGET_FP32:,.0f} tokens/s: {'met' if met else 'NOT met'}")
+    result = {"machine": machine(), "load_average": load, "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "tokens": args.tokens, "rounds": args.rounds, "int8": how, "gru_3x512": res}
+    if args.perceiver_tokens:
+        pc = perceiver_cache(args.perceiver_tokens, max(1, args.rounds // 2))
+        if pc is not None:
+            print(f"Perceiver AR ({pc['config']}): cached {pc['tokens_per_second_cached']:,.0f} tokens/s, "
+                  f"uncached {pc['tokens_per_second_uncached']:,.0f} tokens/s, {pc['speedup']:.2f}x")
+            result["perceiver_ar"] = pc
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""Generation at the level of MIDI: a prompt performance in, its continuation out.
+
+    from amadeus.generation import continue_midi
+    out = continue_midi("save/performance_rnn.sess", "prompt.mid", seconds=20, top_p=0.95, seed=0)
+    out["continuation"].write("continuation.mid")
+
+The prompt is encoded with the checkpoint's codec flavour, the model continues it directly from the
+state the prompt left (the seed project restarted from a start event after the prompt; we do not), and
+the new events are decoded back to a PrettyMIDI that starts at 0 s. `full` is prompt and continuation
+decoded as one event stream, so notes still held when the prompt ends are released where the model
+says and the continuation starts exactly where the prompt's time ends.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pretty_midi
+import torch
+
+from amadeus.errors import UserError
+from amadeus.params import knob
+from amadeus.sampling import PAD_ID, TIME_SHIFT_FIRST, TIME_SHIFT_LAST, generate
+
+DEFAULT_FLAVOUR = "magenta"
+MidiLike = pretty_midi.PrettyMIDI | str | os.PathLike
+
+
+@dataclass
+class GenerateConfig:
+    """params.yaml `generate`: what the generate@<family> stage makes, and how it samples."""
+
+    precisions: list[str] = knob(["fp32", "int8"], choices=("fp32", "int8"),
+                                 help="checkpoints to generate with: save/<family>.sess, save/<family>.int8.sess")
+    unconditioned: int = knob(2, min=0, help="pieces generated from nothing")
+    test_prompts: int = knob(4, min=0, help="continue the first N test-split pieces (0 = none)")
+    prompt_seconds: float = knob(5.0, gt=0, help="prompt = the first seconds of each test piece")
+    input_dir: str = knob("input", help="every .mid/.midi file here is continued too (whole file as prompt)")
+    max_new_tokens: int = knob(2000, min=1, help="at most this many new events per piece")
+    seconds: float | None = knob(20.0, gt=0, help="stop a piece at this many seconds of new music (null = off)")
+    do_sample: bool = knob(True)
+    temperature: float = knob(1.0, gt=0)
+    top_k: int = knob(0, min=0, help="0 = off")
+    top_p: float = knob(0.95, gt=0, max=1, help="1.0 = off")
+    num_beams: int = knob(1, min=1)
+    seed: int = knob(0, help="piece i is sampled with seed + i")
+    model_kwargs: dict[str, dict] = knob({}, help="per family, extra prefill arguments, "
+                                                  "e.g. perceiver_ar: {num_latents: 1}")
+    render: bool = knob(True, help="write a WAV and a piano-roll PNG of every piece")
+    soundfont: str | None = knob(None, help="an .sf2 file; null = pretty_midi's TimGM6mb.sf2")
+    sample_rate: int = knob(44100, min=8000, max=192000)
+    device: str = knob("cpu", choices=("auto", "cpu", "cuda"))
+    threads: int = knob(1, min=0, help="torch CPU threads; batch-1 decoding is fastest on 1 (0 = torch's default)")
+
+
+# --- events and time ----------------------------------------------------------------------------
+
+def event_seconds(ids: np.ndarray | torch.Tensor) -> float:
+    """Seconds of music in an id sequence: the sum of its TIME_SHIFT events (PAD and others add 0)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    shifts = ids[(ids >= TIME_SHIFT_FIRST) & (ids <= TIME_SHIFT_LAST)]
+    return float((shifts - (TIME_SHIFT_FIRST - 1)).sum()) / 100.0
+
+
+def cut_seconds(ids: np.ndarray, seconds: float) -> np.ndarray:
+    """The events of the first `seconds` of music; a TIME_SHIFT crossing the cut is shortened to end on it.
+
+    Notes still sounding at the cut stay open (no NOTE_OFF is invented), so a model continuing the
+    prompt sees it as the middle of a performance, as it was.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    limit = round(seconds * 100)
+    steps = np.where((ids >= TIME_SHIFT_FIRST) & (ids <= TIME_SHIFT_LAST), ids - (TIME_SHIFT_FIRST - 1), 0)
+    before = np.concatenate([[0], np.cumsum(steps)[:-1]]) if len(ids) else np.zeros(0, np.int64)
+    keep = before < limit
+    out = ids[keep].copy()
+    if out.size and steps[keep][-1] and before[keep][-1] + steps[keep][-1] > limit:
+        out[-1] = (TIME_SHIFT_FIRST - 1) + (limit - before[keep][-1])
+    return out
+
+
+def strip_pad(ids: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Ids without PAD (rows that stopped early at max_seconds are padded with it)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return ids[ids < PAD_ID]
+
+
+# --- codec bridge --------------------------------------------------------------------------------
+
+def encode_midi(midi: MidiLike, flavour: str = DEFAULT_FLAVOUR) -> np.ndarray:
+    """Event ids of a PrettyMIDI or a MIDI file, with the given codec flavour."""
+    from amadeus import codec
+
+    if not isinstance(midi, pretty_midi.PrettyMIDI) and not Path(midi).is_file():
+        raise UserError(f"{midi}: prompt MIDI file not found")
+    return np.asarray(codec.encode(midi, flavour=flavour), dtype=np.int64)
+
+
+def decode_ids(ids: np.ndarray | torch.Tensor, flavour: str = DEFAULT_FLAVOUR,
+               max_note_seconds: float = 5.0) -> pretty_midi.PrettyMIDI:
+    """A PrettyMIDI (one piano) from event ids; PAD is dropped, notes left open close after max_note_seconds."""
+    from amadeus import codec
+
+    return codec.decode(strip_pad(ids), flavour=flavour, max_note_seconds=max_note_seconds)
+
+
+# --- models --------------------------------------------------------------------------------------
+
+@dataclass
+class Loaded:
+    """A model in eval mode with what generation needs to know about it."""
+
+    model: torch.nn.Module
+    family: str
+    flavour: str
+    precision: str
+
+
+def load(model_or_checkpoint: torch.nn.Module | str | os.PathLike | Loaded, device: str = "cpu",
+         flavour: str | None = None) -> Loaded:
+    """A model ready to generate, with the codec flavour its ids use (from the checkpoint if a path)."""
+    if isinstance(model_or_checkpoint, Loaded):
+        return model_or_checkpoint
+    if isinstance(model_or_checkpoint, torch.nn.Module):
+        model = model_or_checkpoint
+        return Loaded(model, getattr(model, "family", type(model).__name__), flavour or DEFAULT_FLAVOUR, "fp32")
+    from amadeus.checkpoint import load_model
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = Path(model_or_checkpoint)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found (train one with `dvc repro`, or pass a .sess file)")
+    model, ckpt = load_model(path, device)
+    model.eval()
+    ckpt_flavour = (ckpt.get("codec") or {}).get("flavour", DEFAULT_FLAVOUR)
+    return Loaded(model, ckpt.get("family", getattr(model, "family", "?")), flavour or ckpt_flavour,
+                  ckpt.get("precision", "fp32"))
+
+
+# --- the MIDI-level API --------------------------------------------------------------------------
+
+def continue_midi(model_or_checkpoint: torch.nn.Module | str | os.PathLike | Loaded,
+                  prompt: MidiLike | None = None, *, max_new_tokens: int = 1000, seconds: float | None = None,
+                  do_sample: bool = True, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  num_beams: int = 1, seed: int | None = None, prompt_seconds: float | None = None,
+                  model_kwargs: Mapping[str, Any] | None = None, flavour: str | None = None,
+                  device: str = "cpu", render_wav: bool = False, soundfont: str | os.PathLike | None = None,
+                  sample_rate: int = 44100, return_full: bool = False,
+                  prompt_ids: np.ndarray | None = None, max_note_seconds: float = 5.0) -> dict[str, Any]:
+    """Continue a MIDI performance (or start one when `prompt` is None) and return it as PrettyMIDI.
+
+    Length: at most `max_new_tokens` events, and stop once `seconds` of new music exist (if given).
+    `prompt_seconds` keeps only the first that many seconds of the prompt; `prompt_ids` gives the
+    prompt as event ids instead of MIDI (already in the model's flavour). Sampling arguments mean
+    what they mean in Hugging Face (see `amadeus.sampling.generate`), but sampling is on by default
+    here because greedy decoding of music falls into loops.
+
+    Returns a dict: `continuation` (PrettyMIDI from 0 s), `ids` (new event ids), `prompt_ids`,
+    `boundary_seconds` (where the continuation starts in `full`), `seconds` (of new music),
+    `tokens`, `compute_seconds`; `full` (prompt then continuation) when `return_full`; `wav` (bytes
+    of a 16-bit 44.1 kHz WAV, of `full` when `return_full`, else of the continuation) when
+    `render_wav`.
+    """
+    loaded = load(model_or_checkpoint, device, flavour)
+    if prompt is not None and prompt_ids is not None:
+        raise UserError("continue_midi: give the prompt as MIDI or as prompt_ids, not both")
+    if prompt is not None:
+        prompt_ids = encode_midi(prompt, loaded.flavour)
+    prompt_ids = np.zeros(0, dtype=np.int64) if prompt_ids is None else np.asarray(prompt_ids, dtype=np.int64)
+    if prompt_seconds is not None:
+        prompt_ids = cut_seconds(prompt_ids, prompt_seconds)
+    if render_wav:  # fail before the model runs, not after
+        from amadeus.render import ensure_fluidsynth
+
+        ensure_fluidsynth()
+    start = time.perf_counter()
+    out = generate(loaded.model, torch.as_tensor(prompt_ids)[None], max_new_tokens, do_sample=do_sample,
+                   temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams, seed=seed,
+                   max_seconds=seconds, model_kwargs=model_kwargs)
+    compute = time.perf_counter() - start
+    new = strip_pad(out[0, len(prompt_ids):].cpu().numpy())
+    result: dict[str, Any] = {
+        "continuation": decode_ids(new, loaded.flavour, max_note_seconds),
+        "ids": new,
+        "prompt_ids": prompt_ids,
+        "boundary_seconds": event_seconds(prompt_ids),
+        "seconds": event_seconds(new),
+        "tokens": int(new.size),
+        "compute_seconds": compute,
+    }
+    if return_full:
+        result["full"] = decode_ids(np.concatenate([prompt_ids, new]), loaded.flavour, max_note_seconds)
+    if render_wav:
+        result["wav"] = wav_bytes(result["full"] if return_full else result["continuation"], soundfont,
+                                  sample_rate)
+    return result
+
+
+def wav_bytes(midi: pretty_midi.PrettyMIDI, soundfont: str | os.PathLike | None = None,
+              sample_rate: int = 44100) -> bytes:
+    """WAV bytes through the render module (which checks for the fluidsynth library)."""
+    from amadeus import render
+
+    return render.wav_bytes(midi, soundfont=soundfont, sample_rate=sample_rate)
+
+
+# --- `amadeus generate` --------------------------------------------------------------------------
+
+def generate_cli(args: Any) -> dict[str, Any]:
+    """`amadeus generate`: continue --prompt (or start fresh) and write --out, and --wav/--png/--full if given.
+
+    --out holds the continuation alone (as the seed project wrote it); --full, --wav and --png hold the
+    prompt followed by the continuation, with the boundary marked on the piano roll.
+    """
+    from amadeus.fileio import atomic_open
+
+    model_kwargs = {"num_latents": args.num_latents} if getattr(args, "num_latents", None) else None
+    if getattr(args, "threads", 0):
+        # Batch-1 decoding: more threads only add synchronisation (and collapse under load).
+        torch.set_num_threads(args.threads)
+    if args.wav:  # fail before the model runs, not after
+        from amadeus.render import ensure_fluidsynth
+
+        ensure_fluidsynth()
+    result = continue_midi(args.checkpoint, args.prompt, max_new_tokens=args.length, seconds=args.seconds,
+                           do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p, num_beams=args.num_beams, seed=args.seed,
+                           prompt_seconds=args.prompt_seconds, model_kwargs=model_kwargs, device=args.device,
+                           return_full=True)
+    written = [_write_midi(result["continuation"], args.out, atomic_open)]
+    if args.full:
+        written.append(_write_midi(result["full"], args.full, atomic_open))
+    if args.wav:
+        from amadeus.render import render_wav
+
+        render_wav(result["full"], args.wav, soundfont=args.soundfont)
+        written.append(str(args.wav))
+    if args.png:
+        from amadeus.render import piano_roll_png
+
+        boundary = result["boundary_seconds"] if args.prompt else None
+        piano_roll_png(result["full"], args.png, boundary_seconds=boundary)
+        written.append(str(args.png))
+    rate = result["tokens"] / max(result["compute_seconds"], 1e-9)
+    print(f"{result['tokens']} events, {result['seconds']:.1f} s of music in {result['compute_seconds']:.1f} s "
+          f"({rate:.0f} events/s); wrote {', '.join(written)}")
+    return result
+
+
+def _write_midi(midi: pretty_midi.PrettyMIDI, path: str | os.PathLike, atomic_open: Any) -> str:
+    with atomic_open(path, "wb") as f:
+        midi.write(f)
+    return str(path)

@@ -1,0 +1,36 @@
+"""Arguments of `amadeus generate` (kept apart from generation.py so `amadeus --help` need not import torch)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be > 0")
+    return value
+
+
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a .sess or .int8.sess file")
+    p.add_argument("--prompt", default=None, help="a MIDI file to continue (default: start from nothing)")
+    p.add_argument("--prompt-seconds", type=_positive_float, default=None,
+                   help="use only the first N seconds of the prompt")
+    p.add_argument("--length", type=int, default=1000, help="at most this many new events (default 1000)")
+    p.add_argument("--seconds", type=_positive_float, default=None,
+                   help="stop once this many seconds of new music exist")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely events (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely event (no sampling)")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = off)")
+    p.add_argument("--num-latents", type=int, default=None, help="Perceiver AR: latent positions at the start")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (batch-1 decoding is fastest on 1; 0 = all)")
+    p.add_argument("--out", required=True, help="MIDI file for the continuation")
+    p.add_argument("--full", default=None, help="MIDI file for prompt + continuation")
+    p.add_argument("--wav", default=None, help="WAV of prompt + continuation (needs libfluidsynth)")
+    p.add_argument("--png", default=None, help="piano roll of prompt + continuation, boundary marked")
+    p.add_argument("--soundfont", default=None, help="an .sf2 file (default: pretty_midi's TimGM6mb.sf2)")

@@ -1,0 +1,225 @@
+"""MIDI-level generation: time bookkeeping, continue_midi, the CLI function and the generate stage."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+import pytest
+import torch
+
+from amadeus import codec
+from amadeus.errors import UserError
+from amadeus.generation import continue_midi, cut_seconds, event_seconds, strip_pad
+from amadeus.models.performance_rnn import PerformanceRNN, PerformanceRNNConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_model(seed: int = 0) -> PerformanceRNN:
+    torch.manual_seed(seed)
+    config = PerformanceRNNConfig(embed_dim=8, input_size=16, hidden_size=16, num_layers=1, dropout=0.0,
+                                  controls=False)
+    return PerformanceRNN(config).eval()
+
+
+def prompt_midi(seconds: float = 3.0) -> pretty_midi.PrettyMIDI:
+    pm = pretty_midi.PrettyMIDI()
+    piano = pretty_midi.Instrument(program=0)
+    t = 0.0
+    pitch = 60
+    while t < seconds - 0.3:
+        piano.notes.append(pretty_midi.Note(80, pitch, t, t + 0.25))
+        t += 0.3
+        pitch = 60 + (pitch - 57) % 12
+    pm.instruments.append(piano)
+    return pm
+
+
+# --- time bookkeeping -----------------------------------------------------------------------------
+
+def test_event_seconds_sums_time_shifts_only():
+    assert event_seconds([60, 355, 188, 256, 270, 388, 370]) == pytest.approx(1.0 + 0.01 + 0.15)
+    assert event_seconds([]) == 0.0
+
+
+def test_cut_seconds_shortens_the_crossing_shift():
+    ids = np.array([60, 305, 188, 62, 355, 190, 64])  # 0.5 s, then 1 s
+    cut = cut_seconds(ids, 1.0)
+    assert cut.tolist() == [60, 305, 188, 62, 305]  # the 1 s shift becomes 0.5 s, ending on the cut
+    assert event_seconds(cut) == pytest.approx(1.0)
+    assert cut_seconds(ids, 0.5).tolist() == [60, 305]
+    assert cut_seconds(ids, 10.0).tolist() == ids.tolist()
+    assert cut_seconds(np.array([], dtype=np.int64), 1.0).size == 0
+
+
+def test_strip_pad():
+    assert strip_pad(np.array([1, 388, 2, 388])).tolist() == [1, 2]
+
+
+# --- continue_midi --------------------------------------------------------------------------------
+
+def test_continue_midi_puts_the_continuation_after_the_prompt():
+    prompt = prompt_midi(3.0)
+    out = continue_midi(tiny_model(), prompt, max_new_tokens=300, seed=0, top_p=0.95, return_full=True)
+    cont, full = out["continuation"], out["full"]
+    assert isinstance(cont, pretty_midi.PrettyMIDI) and isinstance(full, pretty_midi.PrettyMIDI)
+    boundary = out["boundary_seconds"]
+    assert boundary == pytest.approx(event_seconds(codec.encode(prompt)))
+    assert out["tokens"] == len(out["ids"]) == 300
+    cont_notes = cont.instruments[0].notes
+    full_notes = full.instruments[0].notes
+    assert cont_notes, "a random model still plays notes in 300 events"
+    # the prompt's notes come first, unchanged (to the 10 ms grid); then the continuation's, shifted
+    prompt_starts = [round(n.start, 2) for n in prompt.instruments[0].notes]
+    assert [round(n.start, 2) for n in full_notes[:len(prompt_starts)]] == prompt_starts
+    later = sorted(round(n.start - boundary, 2) for n in full_notes if n.start >= boundary - 1e-6)
+    assert later[:len(cont_notes)] == sorted(round(n.start, 2) for n in cont_notes)[:len(later)]
+    assert max(n.start for n in full_notes) > boundary
+
+
+def test_continue_midi_is_seeded_and_stops_at_seconds(tmp_path):
+    path = tmp_path / "prompt.mid"
+    prompt_midi(2.0).write(str(path))
+    a = continue_midi(tiny_model(), path, max_new_tokens=2000, seconds=4.0, seed=3)
+    b = continue_midi(tiny_model(), path, max_new_tokens=2000, seconds=4.0, seed=3)
+    assert np.array_equal(a["ids"], b["ids"])
+    assert 4.0 <= a["seconds"] < 5.0  # stops on the shift that reaches 4 s (at most 1 s per shift)
+    assert event_seconds(a["ids"][:-1]) < 4.0
+    assert a["continuation"].get_end_time() <= a["seconds"] + 5.0
+
+
+def test_continue_midi_from_nothing_and_prompt_cut():
+    out = continue_midi(tiny_model(), None, max_new_tokens=50, seed=1)
+    assert out["boundary_seconds"] == 0.0 and out["prompt_ids"].size == 0 and "full" not in out
+    cut = continue_midi(tiny_model(), prompt_midi(6.0), max_new_tokens=5, prompt_seconds=2.0, seed=1)
+    assert cut["boundary_seconds"] == pytest.approx(2.0)
+    with pytest.raises(UserError, match="not found"):
+        continue_midi(tiny_model(), "/nonexistent/prompt.mid", max_new_tokens=5)
+    with pytest.raises(UserError, match="temperature"):
+        continue_midi(tiny_model(), None, max_new_tokens=5, temperature=0.0)
+
+
+def test_continue_midi_returns_wav_bytes_of_the_full_piece():
+    pytest.importorskip("fluidsynth")
+    out = continue_midi(tiny_model(), prompt_midi(1.0), max_new_tokens=30, seed=0, render_wav=True,
+                        return_full=True)
+    wav = out["wav"]
+    assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE"
+    seconds = (len(wav) - 44) / (44100 * 2 * 2)  # 16-bit stereo after a 44-byte header
+    assert seconds == pytest.approx(out["full"].get_end_time() + 1.0, abs=0.05)  # + the render tail
+
+
+def test_continue_midi_greedy_and_beam():
+    greedy = continue_midi(tiny_model(), prompt_midi(), max_new_tokens=20, do_sample=False)
+    again = continue_midi(tiny_model(), prompt_midi(), max_new_tokens=20, do_sample=False, seed=99)
+    assert np.array_equal(greedy["ids"], again["ids"])
+    beam = continue_midi(tiny_model(), prompt_midi(), max_new_tokens=8, do_sample=False, num_beams=3)
+    assert beam["tokens"] == 8
+
+
+# --- checkpoints: the CLI function and the stage --------------------------------------------------
+
+def save_checkpoint(path: Path, net: PerformanceRNN, **extra) -> None:
+    """A .sess as the contract describes it (DESIGN.md §3)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": "amadeus.sess/1", "family": net.family, "config": dataclasses.asdict(net.config),
+                "precision": "fp32", "model": net.state_dict(), "optimizer": {}, "scheduler": {},
+                "step": 0, "rng": {}, "params": {}, "codec": {"flavour": "magenta"}, **extra}, path)
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    """save/performance_rnn.sess and its int8 twin (dynamic ranges) in tmp_path."""
+    pytest.importorskip("amadeus.checkpoint")
+    path = tmp_path / "save" / "performance_rnn.sess"
+    save_checkpoint(path, tiny_model())
+    quant = pytest.importorskip("amadeus.quant")
+    q = copy.deepcopy(tiny_model())
+    info = quant.quantize_model(q, None)
+    save_checkpoint(tmp_path / "save" / "performance_rnn.int8.sess", tiny_model(), precision="int8",
+                    model=q.state_dict(), quant=info)
+    return path
+
+
+def test_generate_cli_writes_midi_and_png(tmp_path, checkpoint, capsys):
+    from amadeus.cli import main
+
+    prompt = tmp_path / "in.mid"
+    prompt_midi().write(str(prompt))
+    out, full, png = tmp_path / "out.mid", tmp_path / "full.mid", tmp_path / "roll.png"
+    main(["generate", "--checkpoint", str(checkpoint), "--prompt", str(prompt), "--length", "200",
+          "--top-p", "0.9", "--seed", "0", "--out", str(out), "--full", str(full), "--png", str(png)])
+    assert pretty_midi.PrettyMIDI(str(out)).instruments[0].notes
+    assert pretty_midi.PrettyMIDI(str(full)).get_end_time() > pretty_midi.PrettyMIDI(str(out)).get_end_time()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "200 events" in capsys.readouterr().out
+
+
+def _stage():
+    spec = importlib.util.spec_from_file_location("generate_stage", ROOT / "stages" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generate_stage_writes_pieces_index_and_metrics(tmp_path, checkpoint):
+    from amadeus import data
+
+    # a processed dataset with one test piece, and one user file in input/
+    folder = tmp_path / "dataset" / "processed" / "mine"
+    ids = codec.encode(prompt_midi(8.0))
+    data.save_events(folder / "a.data", ids)
+    (folder / "manifest.json").write_text(json.dumps({
+        "pieces": [{"name": "a", "file": "a.data", "split": "test"},
+                   {"name": "b", "file": "b.data", "split": "train"}],
+        "codec": {"version": codec.CODEC_VERSION, "flavour": "magenta"}}))
+    (tmp_path / "input").mkdir()
+    prompt_midi(2.0).write(str(tmp_path / "input" / "my phrase.mid"))
+    (tmp_path / "input" / "broken.mid").write_bytes(b"MThd garbage")
+    params = {"datasets": ["mine"], "generate": {
+        "precisions": ["fp32", "int8"], "unconditioned": 1, "test_prompts": 2, "prompt_seconds": 2.0,
+        "max_new_tokens": 120, "seconds": None, "render": True,
+        "model_kwargs": {"perceiver_ar": {"num_latents": 1}}}}
+    logs: list[str] = []
+    metrics = _stage().run("performance_rnn", params, root=tmp_path, quiet=True, log=logs.append)
+
+    out = tmp_path / "output" / "performance_rnn" / "fp32"
+    index = json.loads((out / "index.json").read_text())
+    names = [p["name"] for p in index["pieces"]]
+    assert names == ["uncond_00", "test_a", "input_my_phrase"]
+    assert any("broken.mid" in line for line in logs)
+    assert len(index["skipped"]) == 1 and index["skipped"][0].startswith("input/broken.mid")
+    for piece in index["pieces"]:
+        for key in ("continuation", "full", "ids", "wav", "png"):
+            assert (out / piece["files"][key]).stat().st_size > 0
+        new = np.load(out / piece["files"]["ids"])
+        assert new.dtype == np.uint16 and len(new) == piece["tokens"] == 120
+    test_piece = index["pieces"][1]
+    assert test_piece["prompt_seconds"] == pytest.approx(2.0)
+    full = pretty_midi.PrettyMIDI(str(out / "test_a.full.mid"))
+    assert min(n.start for n in full.instruments[0].notes) < 2.0 < full.get_end_time()
+
+    int8 = json.loads((tmp_path / "output" / "performance_rnn" / "int8" / "index.json").read_text())
+    assert int8["precision"] == "int8" and len(int8["pieces"]) == 3
+
+    saved = json.loads((tmp_path / "output" / "metrics" / "generate_performance_rnn.json").read_text())
+    assert saved == metrics
+    for key in ("pieces", "tokens", "seconds", "tokens_per_second", "seconds_of_music", "real_time_factor"):
+        assert key in saved and key in saved["fp32"] and key in saved["int8"]
+    assert saved["pieces"] == 3 and saved["tokens"] == 360 and saved["precision"] == "fp32"
+    assert saved["fp32"]["skipped"] == 1
+    assert saved["tokens_per_second"] > 0 and saved["real_time_factor"] > 0
+
+
+def test_generate_stage_names_a_missing_checkpoint(tmp_path):
+    params = {"generate": {"precisions": ["fp32", "int8"], "test_prompts": 0, "render": False}}
+    with pytest.raises(UserError, match=r"performance_rnn\.sess: checkpoint not found"):
+        _stage().run("performance_rnn", params, root=tmp_path, quiet=True)
+    with pytest.raises(UserError, match="generate.top_p"):
+        _stage().run("performance_rnn", {"generate": {"top_p": 2.0}}, root=tmp_path, quiet=True)
