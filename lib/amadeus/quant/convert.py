@@ -1,0 +1,130 @@
+"""Swap a model's modules for their quantizable / int8 forms, and rebuild an int8 model from a checkpoint.
+
+Generic over architectures: every `nn.GRU` becomes a `DecomposedGRU`, every `nn.Linear` an
+`Int8Linear`, every `nn.Embedding` an `Int8Embedding` (unless named in `skip`). What was converted is
+recorded by module name in the checkpoint's `quant` entry, so `load_quantized` can rebuild the same
+structure from the fp32 architecture without pickled classes (`torch.load(weights_only=True)`).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from amadeus.errors import UserError
+from amadeus.quant.modules import DecomposedGRU, Int8Embedding, Int8Linear
+from amadeus.quant.qtensor import check_mode, clip_range
+
+FORMAT = "amadeus.quant/1"
+ELTWISE_DTYPES = ("auto", "float16", "float32")
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, module)
+
+
+def decompose_grus(model: nn.Module, skip: Iterable[str] = ()) -> list[str]:
+    """Replace every nn.GRU (in place) by an equivalent DecomposedGRU; returns their names."""
+    skip = set(skip)
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.GRU) and n not in skip]
+    for n in names:
+        _set(model, n, DecomposedGRU.from_gru(model.get_submodule(n)))
+    return names
+
+
+def set_eltwise_dtype(model: nn.Module, dtype: str) -> None:
+    if dtype not in ELTWISE_DTYPES:
+        raise UserError(f"quantize.eltwise_dtype: {dtype!r} is not allowed; choose one of: "
+                        f"{', '.join(ELTWISE_DTYPES)}")
+    for m in model.modules():
+        if isinstance(m, DecomposedGRU):
+            m.eltwise_dtype = dtype
+
+
+def calibration_model(model: nn.Module) -> nn.Module:
+    """An fp32 copy of `model` with its GRUs decomposed (what the calibration hooks observe)."""
+    m = copy.deepcopy(model).float().eval()
+    decompose_grus(m)
+    return m
+
+
+def quantize_model(model: nn.Module, stats: dict | None, mode: str = "asymmetric_signed", clip: str = "avg",
+                   n_std: float = 3.0, eltwise_dtype: str = "auto", skip: Iterable[str] = ()) -> dict:
+    """Convert `model` in place to int8; returns the `quant` record for the checkpoint.
+
+    With `stats` (calibration YAML as a dict) every Linear gets a static input range under `clip`;
+    a Linear without an entry is an error (the stats belong to another model). Without stats the
+    input ranges are dynamic (each call's min/max). Modules named in `skip` or in the model's
+    `quant_skip` attribute stay float.
+    """
+    check_mode(mode)
+    # a family names modules that must stay float, e.g. an embedding whose weight is also the tied
+    # output projection (read as a float matrix outside the module)
+    skip = set(skip) | set(getattr(model, "quant_skip", ()))
+    kinds: dict[str, str] = {n: "gru" for n in decompose_grus(model, skip)}
+    set_eltwise_dtype(model, eltwise_dtype)
+    for name, m in list(model.named_modules()):
+        if name in skip:
+            continue
+        if isinstance(m, nn.Linear):
+            rng = None
+            if stats is not None:
+                entry = stats.get(name, {}).get("inputs", {}).get(0)
+                if entry is None:
+                    raise UserError(f"calibration stats: no input statistics for module '{name}'; "
+                                    "rerun the calibrate stage for this model")
+                rng = clip_range(entry, clip, n_std)
+            _set(model, name, Int8Linear.from_linear(m, mode, rng))
+            kinds[name] = "linear"
+        elif isinstance(m, nn.Embedding):
+            _set(model, name, Int8Embedding.from_embedding(m, mode))
+            kinds[name] = "embedding"
+    model.eval()
+    return {"format": FORMAT, "mode": mode, "clip": clip if stats is not None else "dynamic",
+            "n_std": float(n_std), "eltwise_dtype": eltwise_dtype, "modules": kinds}
+
+
+def load_quantized(ckpt: dict, model: nn.Module) -> nn.Module:
+    """Turn the fp32-architecture `model` (built from ckpt["config"]) into the int8 model of `ckpt`."""
+    info = ckpt.get("quant")
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise UserError(f"checkpoint: precision int8 but no '{FORMAT}' quant record; re-run the quantize stage")
+    state = ckpt["model"]
+    mode = info["mode"]
+    kinds = info["modules"]
+    for name, kind in kinds.items():  # GRUs first: their cells' Linears are listed by their new names
+        if kind == "gru":
+            _set(model, name, DecomposedGRU.from_gru(model.get_submodule(name)))
+    set_eltwise_dtype(model, info.get("eltwise_dtype", "auto"))
+    for name, kind in kinds.items():
+        if kind == "linear":
+            lin = model.get_submodule(name)
+            static = f"{name}.input_scale" in state
+            _set(model, name, Int8Linear(lin.in_features, lin.out_features, lin.bias is not None, mode, static))
+        elif kind == "embedding":
+            emb = model.get_submodule(name)
+            _set(model, name, Int8Embedding(emb.num_embeddings, emb.embedding_dim, mode, emb.padding_idx))
+        elif kind != "gru":
+            raise UserError(f"checkpoint: unknown quantized module kind {kind!r} for '{name}'")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint: int8 weights do not fit the model: {str(e).splitlines()[0]}") from None
+    for m in model.modules():
+        if isinstance(m, (Int8Linear, Int8Embedding)):
+            m.prepare()
+    return model.eval()
+
+
+def state_bytes(model_or_state: nn.Module | dict) -> int:
+    """Bytes of a state dict saved with torch.save (how the size ratio compares fp32 and int8)."""
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.tell()

@@ -1,0 +1,75 @@
+"""The calibrate and quantize stages on a tiny workspace: stats YAML, .int8.sess, metrics."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from amadeus import checkpoint
+from amadeus.data import save_events
+from amadeus.models.performance_rnn import PerformanceRNN, PerformanceRNNConfig
+from amadeus.params import as_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC_KEYS = {"fp32_bytes", "int8_bytes", "size_ratio", "val_nll_fp32", "val_nll_int8", "nll_delta_rel",
+               "tokens_per_second_fp32", "tokens_per_second_int8", "mode", "clip", "threads"}
+
+
+def _workspace(tmp: Path) -> None:
+    rng = np.random.default_rng(0)
+    folder = tmp / "dataset/processed/toy"
+    folder.mkdir(parents=True)
+    pieces = []
+    for i in range(3):
+        name = f"p{i}.data"
+        save_events(folder / name, np.repeat(rng.integers(0, 388, 60), 2).astype(np.uint16))
+        pieces.append({"name": name, "file": name, "source": f"p{i}.mid", "split": "validation", "events": 120})
+    (folder / "manifest.json").write_text(json.dumps({"pieces": pieces}))
+    torch.manual_seed(0)
+    config = PerformanceRNNConfig(embed_dim=8, input_size=16, hidden_size=16, num_layers=2)
+    model = PerformanceRNN(config)
+    checkpoint.save(tmp / "save/performance_rnn.sess", {
+        "format": checkpoint.FORMAT, "family": "performance_rnn", "config": as_dict(config), "precision": "fp32",
+        "model": model.state_dict(), "optimizer": None, "scheduler": None, "step": 0, "rng": {}, "params": {},
+        "codec": {"flavour": "magenta"}})
+    (tmp / "params.yaml").write_text(yaml.safe_dump({
+        "datasets": ["toy"],
+        "calibrate": {"batches": 2, "batch_size": 2, "window": 30, "seed": 1, "threads": 1},
+        "quantize": {"mode": "asymmetric_signed", "clip": "avg", "n_std": 3.0, "eltwise_dtype": "auto",
+                     "eval_batches": 2, "eval_seed": 2, "bench_tokens": 10, "bench_rounds": 1, "threads": 1}}))
+
+
+def _run(tmp: Path, stage: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
+    return subprocess.run([sys.executable, str(ROOT / "stages" / stage), "performance_rnn"], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_calibrate_and_quantize_stages(tmp_path):
+    _workspace(tmp_path)
+    bad = _run(tmp_path, "quantize.py")  # no stats yet: one clear line, no traceback
+    assert bad.returncode == 2 and "calibrate" in bad.stderr and "Traceback" not in bad.stderr
+
+    done = _run(tmp_path, "calibrate.py")
+    assert done.returncode == 0, done.stderr
+    stats = yaml.safe_load((tmp_path / "stats/performance_rnn.yaml").read_text())
+    assert {"gru.cells.0.fc_gate_x", "gru.cells.1.mult_z", "head", "proj"} <= set(stats)
+    assert set(stats["head"]["inputs"][0]) == {"min", "max", "avg_min", "avg_max", "mean", "std", "shape"}
+
+    done = _run(tmp_path, "quantize.py")
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "output/metrics/quantize_performance_rnn.json").read_text())
+    assert set(metrics) >= METRIC_KEYS
+    assert metrics["int8_bytes"] < metrics["fp32_bytes"]
+    raw = torch.load(tmp_path / "save/performance_rnn.int8.sess", weights_only=True)
+    assert raw["precision"] == "int8" and raw["model"]["head.weight"].dtype == torch.int8
+    assert raw["params"]["quantize"]["mode"] == "asymmetric_signed"
+    model, _ = checkpoint.load_model(tmp_path / "save/performance_rnn.int8.sess")
+    logits, state = model.prefill(torch.tensor([[60, 300], [62, 301]]))
+    logits, state = model.step(logits.argmax(-1), model.reorder_state(state, torch.tensor([1, 0])))
+    assert logits.shape == (2, 388) and torch.isfinite(logits).all()
