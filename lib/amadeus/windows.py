@@ -1,0 +1,199 @@
+"""Training windows over event arrays: sampling, augmentation, control features, batches.
+
+A window is W+1 consecutive events of one piece, starting at a multiple of `stride`. Training
+batches are drawn with replacement, uniformly over all windows of the train split, from a generator
+seeded by (seed, step): the batch of a step depends on nothing else, so a resumed run sees exactly
+the batches an uninterrupted run would (no data-loader state to save).
+
+Augmentation, per window:
+- pitch transposition by k semitones, k uniform in [-transpose, transpose] clipped so that the
+  whole piece stays in the piano range 21..108 (note-on/off ids shift by k);
+- time stretch by s uniform in [1 - stretch, 1 + stretch]: every event's absolute time is scaled and
+  rounded to the 10 ms grid, and the time shifts are re-encoded from those times (no drift), as
+  Magenta's pipeline stretches performances (REFERENCE.md §2.6).
+Control features (`amadeus.controls`) are computed after augmentation, from the window's own events
+and the events that follow it in the (augmented) piece.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from amadeus.controls import SHIFT_LAST, WINDOW_STEPS, controls_for, event_times, shift_steps
+
+PIANO_LOW, PIANO_HIGH = 21, 108
+NOTE_END = 256  # ids below are note-on (p) or note-off (128 + p)
+MAX_SHIFT = 100  # steps per time-shift event
+VOCAB_SIZE = 388
+
+
+@dataclass
+class Piece:
+    """An event array with the indexes that windowing needs (computed once)."""
+
+    ids: np.ndarray        # int64 [N]
+    times: np.ndarray      # int64 [N], time of each event in 10 ms steps
+    ns_idx: np.ndarray     # int64, positions of the non-shift events
+    ns_time: np.ndarray    # int64, their times
+    end_time: int          # time after the last event
+    pitch_low: int         # lowest / highest pitch of any note event (for transposition limits)
+    pitch_high: int
+
+    @classmethod
+    def of(cls, ids: np.ndarray) -> Piece:
+        ids = np.asarray(ids, dtype=np.int64)
+        steps = shift_steps(ids)
+        times = event_times(ids)
+        ns_idx = np.flatnonzero(steps == 0)
+        notes = ids[ids < NOTE_END] % 128
+        low, high = (int(notes.min()), int(notes.max())) if len(notes) else (PIANO_LOW, PIANO_HIGH)
+        end = int(times[-1] + steps[-1]) if len(ids) else 0
+        return cls(ids, times, ns_idx, times[ns_idx], end, low, high)
+
+    def transpositions(self, limit: int) -> tuple[int, int]:
+        """The allowed range of semitone shifts, at most `limit` each way, keeping 21..108."""
+        lo, hi = max(-limit, PIANO_LOW - self.pitch_low), min(limit, PIANO_HIGH - self.pitch_high)
+        return (lo, hi) if lo <= hi else (0, 0)
+
+
+def _shift_tokens(ev_ids: np.ndarray, ev_times: np.ndarray, t0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Re-encode events at absolute times (from t0) with time shifts: (ids, times, ordinals).
+
+    Gaps are split into 1 s shifts plus the remainder (Magenta's canonical form). An event id < 0
+    is a sentinel that only advances time (dropped). ordinals[t] = events emitted before token t.
+    """
+    prev = np.concatenate([[t0], ev_times[:-1]])
+    gap = ev_times - prev
+    full, rest = gap // MAX_SHIFT, gap % MAX_SHIFT
+    n_shift = full + (rest > 0)
+    lengths = n_shift + 1
+    cum = np.cumsum(lengths)
+    g = np.repeat(np.arange(len(ev_ids)), lengths)
+    o = np.arange(cum[-1] if len(cum) else 0) - (cum - lengths)[g]
+    tok = np.where(o == n_shift[g], ev_ids[g], np.where(o < full[g], SHIFT_LAST, SHIFT_LAST - MAX_SHIFT + rest[g]))
+    times = prev[g] + np.minimum(MAX_SHIFT * o, gap[g])
+    keep = tok >= 0
+    return tok[keep], times[keep], g[keep]
+
+
+def stretch_events(ids: np.ndarray, factor: float) -> np.ndarray:
+    """A whole piece time-stretched by `factor` (absolute times scaled, shifts re-encoded)."""
+    p = Piece.of(ids)
+    ev = np.concatenate([p.ids[p.ns_idx], [-1]])
+    t = np.rint(np.concatenate([p.ns_time, [p.end_time]]) * factor).astype(np.int64)
+    return _shift_tokens(ev, t, 0)[0]
+
+
+def make_window(piece: Piece, start: int, length: int, transpose: int = 0, stretch: float = 1.0,
+                controls: bool = False) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """`length` events from `start` of the augmented piece, and their controls [length,24] if asked.
+
+    Returns None when a stretch factor < 1 leaves too few events before the piece ends.
+    """
+    a = int(np.searchsorted(piece.ns_idx, start))  # first non-shift event at or after start
+    if stretch == 1.0:
+        tok = piece.ids[start:start + length].copy()
+        if len(tok) < length:
+            return None
+        times = piece.times[start:start + length]
+        nonshift = shift_steps(tok) == 0
+        ordinals = np.concatenate([[0], np.cumsum(nonshift)[:-1]])
+    else:
+        stop = min(a + length, len(piece.ns_idx))  # `length` events are always enough
+        ev = piece.ids[piece.ns_idx[a:stop]]
+        t = np.rint(piece.ns_time[a:stop] * stretch).astype(np.int64)
+        if stop == len(piece.ns_idx):  # the piece ends inside: keep its trailing silence
+            ev = np.concatenate([ev, [-1]])
+            t = np.concatenate([t, [np.rint(piece.end_time * stretch)]]).astype(np.int64)
+        tok, times, ordinals = _shift_tokens(ev, t, int(np.rint(piece.times[start] * stretch)))
+        if len(tok) < length:
+            return None
+        tok, times, ordinals = tok[:length], times[:length], ordinals[:length]
+    if transpose:
+        tok = np.where(tok < NOTE_END, tok + transpose, tok)
+    if not controls:
+        return tok, None
+    # The 2 s ahead of the last token may reach past the window: take the piece's events up to there.
+    horizon = int(np.ceil((times[-1] + WINDOW_STEPS + 0.5) / stretch))
+    b = int(np.searchsorted(piece.ns_time, horizon, side="left"))
+    ev_ids = piece.ids[piece.ns_idx[a:b]]
+    if transpose:
+        ev_ids = np.where(ev_ids < NOTE_END, ev_ids + transpose, ev_ids)
+    ev_times = piece.ns_time[a:b] if stretch == 1.0 else np.rint(piece.ns_time[a:b] * stretch).astype(np.int64)
+    return tok, controls_for(times, ordinals, ev_times, ev_ids)
+
+
+class WindowSampler:
+    """Random training batches: windows of `window + 1` events, augmented, reproducible by step."""
+
+    def __init__(self, arrays: list[np.ndarray], window: int, stride: int, *, transpose: int = 0,
+                 stretch: float = 0.0, controls: bool = False, seed: int = 0):
+        self.length = window + 1
+        self.stride, self.transpose, self.stretch = stride, transpose, stretch
+        self.controls, self.seed = controls, seed
+        self.pieces = [Piece.of(a) for a in arrays if len(a) >= self.length]
+        counts = np.array([(len(p.ids) - self.length) // stride + 1 for p in self.pieces], dtype=np.int64)
+        self.bounds = np.cumsum(counts)
+        self.n_windows = int(self.bounds[-1]) if len(counts) else 0
+
+    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch of training step `step`: ids [B, W+1] long, controls [B, W+1, 24] or None."""
+        if self.n_windows == 0:
+            raise ValueError("no piece is long enough for one window")
+        rng = np.random.default_rng([self.seed, step])
+        ids, ctrl = [], []
+        for k in rng.integers(0, self.n_windows, size=batch_size):
+            i = int(np.searchsorted(self.bounds, k, side="right"))
+            piece = self.pieces[i]
+            start = int(k - (self.bounds[i - 1] if i else 0)) * self.stride
+            lo, hi = piece.transpositions(self.transpose)
+            shift = int(rng.integers(lo, hi + 1))
+            factor = float(rng.uniform(1 - self.stretch, 1 + self.stretch)) if self.stretch > 0 else 1.0
+            made = make_window(piece, start, self.length, shift, factor, self.controls)
+            if made is None:  # stretched past the end of the piece: this window unstretched
+                made = make_window(piece, start, self.length, shift, 1.0, self.controls)
+            ids.append(made[0])
+            ctrl.append(made[1])
+        return _tensors(ids, ctrl if self.controls else None)
+
+
+def fixed_windows(arrays: list[np.ndarray], window: int, max_windows: int,
+                  controls: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Validation windows: non-overlapping, in order, evenly thinned to at most `max_windows`."""
+    length = window + 1
+    places = [(p, s) for p in (Piece.of(a) for a in arrays if len(a) >= length)
+              for s in range(0, len(p.ids) - length + 1, length)]
+    if len(places) > max_windows:
+        places = [places[i] for i in np.linspace(0, len(places) - 1, max_windows).round().astype(int)]
+    made = [make_window(p, s, length, controls=controls) for p, s in places]
+    return _tensors([m[0] for m in made], [m[1] for m in made] if controls else None)
+
+
+def _tensors(ids: list[np.ndarray], ctrl: list[np.ndarray] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if not ids:
+        return torch.zeros(0, 0, dtype=torch.long), None
+    out_ids = torch.from_numpy(np.stack(ids).astype(np.int64))
+    out_ctrl = torch.from_numpy(np.stack(ctrl)) if ctrl is not None else None
+    return out_ids, out_ctrl
+
+
+def token_counts(arrays: list[np.ndarray]) -> np.ndarray:
+    """How often each of the 388 ids occurs."""
+    counts = np.zeros(VOCAB_SIZE, dtype=np.int64)
+    for a in arrays:
+        counts += np.bincount(np.asarray(a, dtype=np.int64), minlength=VOCAB_SIZE)[:VOCAB_SIZE]
+    return counts
+
+
+def unigram_nll(train: list[np.ndarray], targets: torch.Tensor) -> float:
+    """NLL (nats/event) of `targets` under the train split's add-one-smoothed id frequencies."""
+    counts = token_counts(train) + 1
+    logp = np.log(counts / counts.sum())
+    return float(-logp[targets.reshape(-1).numpy()].mean())
+
+
+__all__ = ["Piece", "WindowSampler", "fixed_windows", "make_window", "stretch_events", "token_counts",
+           "unigram_nll"]
