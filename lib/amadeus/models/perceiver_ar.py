@@ -173,6 +173,9 @@ KV = tuple[Tensor, Tensor]
 
 class PerceiverAR(nn.Module):
     family = "perceiver_ar"
+    # Generation from nothing starts from a 1 s time shift (a moment of silence); amadeus.sampling
+    # feeds it as the prompt and leaves it out of the result.
+    bos_id = 355
     Config = PerceiverARConfig
     uses_controls = False
 
@@ -214,6 +217,12 @@ class PerceiverAR(nn.Module):
                 nn.init.zeros_(m.bias)
 
     # -- the network -------------------------------------------------------------------------------
+
+    def _tied_weight(self) -> Tensor:
+        # The output projection shares the embedding table; an int8 table (amadeus.quant) lends its
+        # float copy, so the tied weight is stored once, as int8.
+        dequantized = getattr(self.embed, "dequantized_weight", None)
+        return dequantized() if dequantized is not None else self.embed.weight
 
     def _embed(self, ids: Tensor, pos: Tensor) -> Tensor:
         x = self.embed(ids)
@@ -260,7 +269,7 @@ class PerceiverAR(nn.Module):
     def _logits(self, h: Tensor) -> Tensor:
         if self.out_norm is not None:
             h = self.out_norm(h)
-        logits = h @ self.embed.weight.T
+        logits = h @ self._tied_weight().T
         return logits if self.out_bias is None else logits + self.out_bias
 
     def _encode(self, ids: Tensor, prefix_len: int, pad: Tensor) -> tuple[Tensor, KV, list[KV]]:

@@ -198,6 +198,10 @@ class Int8Embedding(nn.Module):
         self.prepare()
         return self
 
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float table (what a tied output projection multiplies with)."""
+        return self._table
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self._table, self.padding_idx)
 
