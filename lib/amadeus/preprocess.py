@@ -25,7 +25,7 @@ from amadeus.params import knob
 
 @dataclass
 class PreprocessConfig:
-    workers: int = knob(0, min=0, help="worker processes; 0 = one per CPU core")
+    workers: int = knob(0, min=0, help="worker processes; 0 = auto (one per core, for enough data)")
     split: list[float] = knob([0.8, 0.1, 0.1], help="train/validation/test fractions when the source has none")
     seed: int = knob(1234, help="seed of the split by file")
 
@@ -124,8 +124,15 @@ def _swap_in(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# Starting a worker process costs about as much as encoding 2 MB of MIDI (~40 ms), so `workers: 0`
+# (auto) starts one per core only when each gets at least that much to do.
+AUTO_BYTES_PER_WORKER = 2 << 20
+
+
 def _run(jobs: list[_Job], workers: int) -> list[dict]:
-    workers = workers or os.cpu_count() or 1
+    if workers == 0:
+        total = sum(j.src.stat().st_size for j in jobs)
+        workers = max(1, min(os.cpu_count() or 1, total // AUTO_BYTES_PER_WORKER))
     workers = min(workers, len(jobs))
     if workers <= 1:
         return [_encode_one(j) for j in jobs]
