@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from amadeus import codec
 from amadeus.errors import UserError
 from amadeus.generation import continue_midi, cut_seconds, event_seconds, strip_pad
 from amadeus.models.performance_rnn import PerformanceRNN, PerformanceRNNConfig
+from amadeus.showcase import generate_showcase
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,13 +164,6 @@ def test_generate_cli_writes_midi_and_png(tmp_path, checkpoint, capsys):
     assert "200 events" in capsys.readouterr().out
 
 
-def _stage():
-    spec = importlib.util.spec_from_file_location("generate_stage", ROOT / "stages" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_generate_stage_writes_pieces_index_and_metrics(tmp_path, checkpoint):
     from amadeus import data
 
@@ -187,7 +183,7 @@ def test_generate_stage_writes_pieces_index_and_metrics(tmp_path, checkpoint):
         "max_new_tokens": 120, "seconds": None, "render": True,
         "model_kwargs": {"perceiver_ar": {"num_latents": 1}}}}
     logs: list[str] = []
-    metrics = _stage().run("performance_rnn", params, root=tmp_path, quiet=True, log=logs.append)
+    metrics = generate_showcase("performance_rnn", params, root=tmp_path, quiet=True, log=logs.append)
 
     out = tmp_path / "output" / "performance_rnn" / "fp32"
     index = json.loads((out / "index.json").read_text())
@@ -220,6 +216,30 @@ def test_generate_stage_writes_pieces_index_and_metrics(tmp_path, checkpoint):
 def test_generate_stage_names_a_missing_checkpoint(tmp_path):
     params = {"generate": {"precisions": ["fp32", "int8"], "test_prompts": 0, "render": False}}
     with pytest.raises(UserError, match=r"performance_rnn\.sess: checkpoint not found"):
-        _stage().run("performance_rnn", params, root=tmp_path, quiet=True)
+        generate_showcase("performance_rnn", params, root=tmp_path, quiet=True)
     with pytest.raises(UserError, match="generate.top_p"):
-        _stage().run("performance_rnn", {"generate": {"top_p": 2.0}}, root=tmp_path, quiet=True)
+        generate_showcase("performance_rnn", {"generate": {"top_p": 2.0}}, root=tmp_path, quiet=True)
+
+
+def test_generate_stage_script_runs_and_fails_cleanly(tmp_path, checkpoint):
+    """stages/generate.py only wraps amadeus.showcase: one line per precision; a missing checkpoint is one line."""
+    import yaml
+
+    params = {"generate": {"precisions": ["fp32"], "unconditioned": 1, "test_prompts": 0, "max_new_tokens": 20,
+                           "seconds": None, "render": False}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
+
+    def stage(family: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "stages" / "generate.py"), family], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    done = stage("performance_rnn")
+    assert done.returncode == 0, done.stderr
+    assert "generate performance_rnn fp32: 1 pieces, 20 events" in done.stdout
+    metrics = json.loads((tmp_path / "output/metrics/generate_performance_rnn.json").read_text())
+    assert metrics["tokens"] == 20 and metrics["precision"] == "fp32"
+    assert (tmp_path / "output/performance_rnn/fp32/uncond_00.mid").stat().st_size > 0
+    bad = stage("perceiver_ar")
+    assert bad.returncode == 2 and "perceiver_ar.sess: checkpoint not found" in bad.stderr
+    assert "Traceback" not in bad.stderr

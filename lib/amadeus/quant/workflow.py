@@ -1,5 +1,7 @@
 """What the calibrate and quantize stages do with a model: fixed windows, statistics, NLL, speed.
 
+`quantize_checkpoint` is the whole quantize stage short of writing its files.
+
 fp32 and int8 are always measured on identical inputs: the same seeded validation windows for the
 NLL, and the same seeded sampling for generation speed, interleaved in one run (REFERENCE.md §4.4:
 the seed project compared different random batches).
@@ -7,19 +9,22 @@ the seed project compared different random batches).
 
 from __future__ import annotations
 
+import copy
 import platform
 import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from amadeus.errors import UserError
-from amadeus.params import knob
-from amadeus.quant.convert import calibration_model
+from amadeus.params import as_dict, build, knob, section
+from amadeus.quant.convert import calibration_model, quantize_model, state_bytes
 from amadeus.quant.stats import StatsCollector
 
 
@@ -99,11 +104,12 @@ def calibrate(model: nn.Module, windows: Sequence[Batch], threads: int | None = 
     return sc.stats()
 
 
-@torch.no_grad()
 def mean_nll(model: nn.Module, windows: Sequence[Batch]) -> float:
-    """Mean NLL (nats/event) over the windows (all batches have the same size)."""
-    model.eval()
-    return float(np.mean([_loss(model, b).item() for b in windows]))
+    """Mean NLL (nats/event) over the windows, in eval mode: the evaluate stage's evaluator
+    (amadeus.metrics.evaluate_nll), so val_nll_fp32/int8 and evaluate's val_nll are measured alike."""
+    from amadeus.metrics import evaluate_nll
+
+    return evaluate_nll(model, windows)
 
 
 @torch.no_grad()
@@ -148,3 +154,60 @@ def machine() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+@dataclass
+class Quantized:
+    """What the quantize stage writes (the int8 checkpoint, its metrics) and reports (unrounded NLLs, timing)."""
+
+    checkpoint: dict
+    metrics: dict
+    nll_fp32: float
+    nll_int8: float
+    timed_seconds: float
+
+
+def quantize_checkpoint(family: str, params: dict, root: Path = Path(".")) -> Quantized:
+    """save/<family>.sess + stats/<family>.yaml -> the int8 checkpoint and the quantize_<family>.json metrics.
+
+    fp32 and int8 are compared on the same seeded validation windows (NLL) and the same seeded
+    sampling (speed, interleaved in this run).
+    """
+    from amadeus.checkpoint import load_model
+    from amadeus.data import load_split
+
+    calib = build(CalibrateConfig, section(params, "calibrate"), "calibrate")
+    config = build(QuantizeConfig, section(params, "quantize"), "quantize")
+    stats_path = root / "stats" / f"{family}.yaml"
+    try:
+        with open(stats_path) as f:
+            stats = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise UserError(f"{stats_path}: not found; run the calibrate stage first") from None
+    model, ckpt = load_model(root / "save" / f"{family}.sess")
+    model.eval()
+    folders = [root / "dataset" / "processed" / name for name in section(params, "datasets")]
+    windows = fixed_windows(load_split(folders, "validation"), config.eval_batches, calib.batch_size,
+                            calib.window, config.eval_seed, controls=getattr(model, "uses_controls", False))
+
+    qmodel = copy.deepcopy(model)
+    info = quantize_model(qmodel, stats, config.mode, config.clip, config.n_std, config.eltwise_dtype)
+    nll_fp32, nll_int8 = mean_nll(model, windows), mean_nll(qmodel, windows)
+    start = time.perf_counter()
+    speed = compare_speed(model, qmodel, config.bench_tokens, config.bench_rounds, config.threads)
+    timed = time.perf_counter() - start
+    fp32_bytes, int8_bytes = state_bytes(model), state_bytes(qmodel)
+
+    out = dict(ckpt)
+    out.update(precision="int8", model=qmodel.state_dict(), optimizer=None, scheduler=None, quant=info)
+    out["params"] = {**(ckpt.get("params") or {}), "calibrate": as_dict(calib), "quantize": as_dict(config)}
+    metrics = {
+        "fp32_bytes": fp32_bytes, "int8_bytes": int8_bytes, "size_ratio": round(int8_bytes / fp32_bytes, 4),
+        "val_nll_fp32": round(nll_fp32, 5), "val_nll_int8": round(nll_int8, 5),
+        "nll_delta_rel": round((nll_int8 - nll_fp32) / nll_fp32, 5),
+        "tokens_per_second_fp32": speed["tokens_per_second_fp32"],
+        "tokens_per_second_int8": speed["tokens_per_second_int8"],
+        "speedup": speed["speedup"], "mode": config.mode, "clip": config.clip, "threads": config.threads,
+        "eltwise_dtype": config.eltwise_dtype, "machine": machine(), "torch": torch.__version__,
+    }
+    return Quantized(out, metrics, nll_fp32, nll_int8, timed)
