@@ -32,9 +32,12 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/preprocess.py
-	$(BIN)/python bench/train.py
+	$(BIN)/python bench/train.py --bf16
 	$(BIN)/python bench/quantize.py
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/perceiver_ar.py
+	$(BIN)/python bench/live.py
+	$(BIN)/python bench/quantize_table.py   # needs the pipeline's checkpoints (make repro)
 
 lint: setup
 	$(BIN)/ruff check lib stages tests bench tools
