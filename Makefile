@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt tools/setup-system.sh
 repro: setup
 	@test -d .git || git init -q
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	@$(BIN)/python -m amadeus.report   # all figures: dvc metrics show; curves: dvc plots show --json
 
 test: setup
 	$(BIN)/ruff check lib stages tests bench tools

@@ -5,6 +5,7 @@
     amadeus render in.mid out.wav
     amadeus live --checkpoint save/performance_rnn.int8.sess --synth
     amadeus import-perceiver-io path/to/hf-model-dir save/sam.sess
+    amadeus report
     amadeus preprocess MIDI_DIR OUT_DIR
 
 Subcommands import their modules lazily so `amadeus --help` stays fast.
@@ -43,6 +44,12 @@ def _import_perceiver_io(args: argparse.Namespace) -> None:
     print(f"wrote {args.dst}")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from amadeus.report import summary
+
+    print(summary(args.metrics_dir))
+
+
 def _live(args: argparse.Namespace) -> None:
     from amadeus.live import run
 
@@ -79,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("wav")
     p.add_argument("--soundfont", default=None, help="an .sf2 file (default: pretty_midi's TimGM6mb.sf2)")
     p.set_defaults(run=_render)
+
+    p = sub.add_parser("report", help="a short summary of the pipeline's metrics (output/metrics)")
+    p.add_argument("--metrics-dir", default="output/metrics")
+    p.set_defaults(run=_report)
 
     p = sub.add_parser("live", help="play a phrase on a MIDI keyboard, hear the continuation")
     from amadeus.live import add_arguments
