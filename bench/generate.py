@@ -15,31 +15,19 @@ Also, if the Perceiver AR is importable: its cached against uncached generation 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
-import platform
 import statistics
 import time
 
-import numpy as np
 import torch
 
+from amadeus.hardware import machine
 from amadeus.models import build_model
+from amadeus.quant.workflow import int8_with_random_calibration
 from amadeus.sampling import generate
 
 TARGET_FP32 = 1000.0
-
-
-def machine() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 GRU_3X512 = {"embed_dim": 256, "input_size": 512, "hidden_size": 512, "num_layers": 3}
@@ -49,20 +37,6 @@ def gru_3x512() -> torch.nn.Module:
     """The Performance RNN from the registry with a 3-layer 512-wide GRU (other settings: defaults)."""
     torch.manual_seed(0)
     return build_model("performance_rnn", GRU_3X512).eval()
-
-
-def int8_copy(model: torch.nn.Module) -> tuple[torch.nn.Module | None, str]:
-    """An int8 copy through amadeus.quant (static ranges from random windows), or None and why not."""
-    try:
-        from amadeus.quant import quantize_model
-        from amadeus.quant.workflow import calibrate
-    except ImportError as e:
-        return None, f"amadeus.quant not importable ({e})"
-    rng = np.random.default_rng(0)
-    windows = [(torch.from_numpy(rng.integers(0, 388, (4, 201))), None) for _ in range(4)]
-    q = copy.deepcopy(model)
-    quantize_model(q, calibrate(model, windows))
-    return q.eval(), "amadeus.quant, static ranges (clip avg) from 4 random windows"
 
 
 @torch.no_grad()
@@ -134,8 +108,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     fp32 = gru_3x512()
-    int8, how = int8_copy(fp32)
-    models = {"fp32": fp32} if int8 is None else {"fp32": fp32, "int8": int8}
+    int8 = int8_with_random_calibration(fp32)
+    how = "amadeus.quant, static ranges (clip avg) from 4 random windows"
+    models = {"fp32": fp32, "int8": int8}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"machine: {machine()} ({os.cpu_count()} CPUs, load average {load:.1f}); torch {torch.__version__}; "
           f"threads {torch.get_num_threads()}")

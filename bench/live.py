@@ -27,7 +27,6 @@ trained model's.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -42,18 +41,9 @@ import pretty_midi
 import torch
 
 from amadeus import live
+from amadeus.hardware import machine
 from amadeus.ports import MemoryBackend
-
-
-def machine() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from amadeus.quant.workflow import int8_with_random_calibration
 
 
 def write_phrase(path: Path, seconds: float = 8.0, seed: int = 0) -> pretty_midi.PrettyMIDI:
@@ -90,19 +80,6 @@ def gru_3x512(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     config = PerformanceRNNConfig(embed_dim=256, input_size=512, hidden_size=512, num_layers=3)
     return PerformanceRNN(config).eval()
-
-
-def int8_copy(model: torch.nn.Module) -> tuple[torch.nn.Module | None, str]:
-    try:
-        from amadeus.quant import quantize_model
-        from amadeus.quant.workflow import calibrate
-    except ImportError as e:
-        return None, f"amadeus.quant not importable ({e})"
-    rng = np.random.default_rng(0)
-    windows = [(torch.from_numpy(rng.integers(0, 388, (4, 201))), None) for _ in range(4)]
-    q = copy.deepcopy(model)
-    quantize_model(q, calibrate(model, windows))
-    return q.eval(), "amadeus.quant, static ranges (clip avg) from 4 random windows"
 
 
 def run_session(model, codec, messages, handovers: int, silence: float, seconds: float, warm: bool,
@@ -158,12 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
         int8_note = f"checkpoint {args.checkpoint} ({loaded.family}, {loaded.precision})"
     else:
         fp32 = gru_3x512()
-        int8, int8_note = int8_copy(fp32)
-        configs = {"fp32 warm": (fp32, True)}
-        if int8 is not None:
-            configs = {"int8 warm": (int8, True), "fp32 warm": (fp32, True), "int8 cold": (int8, False)}
-        else:
-            configs["fp32 cold"] = (fp32, False)
+        int8 = int8_with_random_calibration(fp32)
+        int8_note = "amadeus.quant, static ranges (clip avg) from 4 random windows"
+        configs = {"int8 warm": (int8, True), "fp32 warm": (fp32, True), "int8 cold": (int8, False)}
 
     print(f"machine: {machine()}; {os.cpu_count()} CPUs, affinity {len(os.sched_getaffinity(0))}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); python {platform.python_version()}")

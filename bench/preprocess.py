@@ -27,7 +27,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -38,6 +37,7 @@ import pretty_midi  # noqa: E402
 import symusic  # noqa: E402
 
 from amadeus import codec  # noqa: E402
+from amadeus.hardware import machine  # noqa: E402
 
 DEFAULT_DIR = Path("dataset/midi/maestro-sample")
 
@@ -123,15 +123,6 @@ def baseline_encode(path: Path) -> list[int]:
     return ids
 
 
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
-    except OSError:
-        model = ""
-    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("midi_dir", nargs="?", type=Path, default=DEFAULT_DIR)
@@ -172,7 +163,7 @@ def main() -> None:
         "ratio": base / cand, "identical_ids": same,
         "candidate_cpu_seconds": min(cand_cpu), "baseline_cpu_seconds": min(base_cpu),
         "cpu_ratio": min(base_cpu) / min(cand_cpu),
-        "machine": machine(), "threads": 1, "load_average": os.getloadavg()[0],
+        "machine": f"{machine()}, {os.cpu_count()} logical CPUs", "threads": 1, "load_average": os.getloadavg()[0],
         "versions": {"python": platform.python_version(), "numpy": np.__version__,
                      "symusic": getattr(symusic, "__version__", "?"), "pretty_midi": pretty_midi.__version__},
     }

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from amadeus.hardware import machine
 from amadeus.quant import quantize_model, state_bytes
-from amadeus.quant.workflow import generate_tokens, machine
+from amadeus.quant.workflow import generate_tokens
 
 
 def _model(args: argparse.Namespace) -> nn.Module:

@@ -15,8 +15,9 @@ import copy
 import json
 import os
 
+from amadeus.hardware import machine
 from amadeus.params import load_yaml
-from amadeus.quant.workflow import machine, quantize_checkpoint
+from amadeus.quant.workflow import quantize_checkpoint
 
 MODES = ("asymmetric_signed", "asymmetric_unsigned", "symmetric")
 CLIPS = ("avg", "none", "n_std")

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import time
 
 import torch
@@ -25,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from amadeus.controls import CONTROL_DIM
+from amadeus.hardware import machine
 from amadeus.models.performance_rnn import VOCAB_SIZE, PerformanceRNN, PerformanceRNNConfig
 
 
@@ -56,15 +55,6 @@ class CellLoop(nn.Module):
             outputs.append(m.head(inp))
         logits = torch.stack(outputs, dim=1)
         return F.cross_entropy(logits.float().reshape(-1, VOCAB_SIZE), ids.reshape(-1))
-
-
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return name
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ the seed project compared different random batches).
 from __future__ import annotations
 
 import copy
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ import yaml
 from torch import nn
 
 from amadeus.errors import UserError
+from amadeus.hardware import machine
 from amadeus.params import as_dict, build, knob, section
 from amadeus.quant.convert import calibration_model, quantize_model, state_bytes
 from amadeus.quant.stats import StatsCollector
@@ -144,18 +144,6 @@ def compare_speed(fp32: nn.Module, int8: nn.Module, tokens: int, rounds: int, th
             "speedup": round(statistics.median(b) / statistics.median(a), 3)}
 
 
-def machine() -> str:
-    """The CPU model name (lscpu's), for benchmark records."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 @dataclass
 class Quantized:
     """What the quantize stage writes (the int8 checkpoint, its metrics) and reports (unrounded NLLs, timing)."""
@@ -211,3 +199,13 @@ def quantize_checkpoint(family: str, params: dict, root: Path = Path(".")) -> Qu
         "eltwise_dtype": config.eltwise_dtype, "machine": machine(), "torch": torch.__version__,
     }
     return Quantized(out, metrics, nll_fp32, nll_int8, timed)
+
+
+def int8_with_random_calibration(model: nn.Module, seed: int = 0) -> nn.Module:
+    """An int8 copy of `model` with static ranges from 4 random windows: for speed benchmarks,
+    where the weights are random too and only the arithmetic matters."""
+    rng = np.random.default_rng(seed)
+    windows = [(torch.from_numpy(rng.integers(0, 388, (4, 201))), None) for _ in range(4)]
+    q = copy.deepcopy(model)
+    quantize_model(q, calibrate(model, windows))
+    return q.eval()
