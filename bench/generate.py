@@ -9,7 +9,8 @@ load on a shared machine hits both alike. Two figures per model: the full sample
 (`amadeus.sampling.generate`, top-p 0.95, what the generate stage runs) and the bare model step
 (argmax fed back), whose gap is the sampler's overhead. Target: fp32 >= 1,000 tokens/s on one thread.
 
-Also, if the Perceiver AR is importable: its cached against uncached generation at batch 1.
+Also the Perceiver AR's cached against uncached generation at batch 1 and a 2,048-token context
+(bench/perceiver_ar.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import statistics
 import time
 
 import torch
+from perceiver_ar import bench_cached_vs_uncached  # bench/perceiver_ar.py, beside this script
 
 from amadeus.hardware import machine
 from amadeus.models import build_model
@@ -67,42 +69,12 @@ def compare(models: dict[str, torch.nn.Module], tokens: int, rounds: int) -> dic
     return {name: {kind: round(statistics.median(v), 1) for kind, v in r.items()} for name, r in runs.items()}
 
 
-def perceiver_cache(tokens: int, rounds: int) -> dict | None:
-    """Cached vs uncached Perceiver AR generation (default config, random weights), or None."""
-    try:
-        from amadeus.models.perceiver_ar import PerceiverAR, PerceiverARConfig
-    except ImportError:
-        return None
-    hook = getattr(PerceiverAR, "bench_cache", None)
-    if callable(hook):  # the model's own benchmark, if it has one
-        return hook(tokens=tokens, rounds=rounds)
-    torch.manual_seed(0)
-    config = PerceiverARConfig()
-    model = PerceiverAR(config).eval()
-    prompt = torch.randint(0, 388, (1, config.max_seq_len // 2))
-    kw = {"num_latents": 1}
-    res: dict[str, list[float]] = {"cached": [], "uncached": []}
-    for cache in (True, False):  # warm-up
-        generate(model, prompt, 5, do_sample=True, seed=0, model_kwargs={**kw, "use_cache": cache})
-    for _ in range(rounds):
-        for name, cache in (("cached", True), ("uncached", False)):
-            start = time.perf_counter()
-            generate(model, prompt, tokens, do_sample=True, seed=0, model_kwargs={**kw, "use_cache": cache})
-            res[name].append(tokens / (time.perf_counter() - start))
-    med = {k: round(statistics.median(v), 1) for k, v in res.items()}
-    return {"config": f"seq {config.max_seq_len}, latents {config.max_latents}, C {config.num_channels}, "
-                      f"{config.num_self_attention_layers} self layers; prompt {prompt.shape[1]}, "
-                      f"num_latents 1, {tokens} tokens",
-            "tokens_per_second_cached": med["cached"], "tokens_per_second_uncached": med["uncached"],
-            "speedup": round(med["cached"] / med["uncached"], 2)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=1000, help="events per timed run")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--perceiver-tokens", type=int, default=200, help="0 = skip the Perceiver AR figure")
+    parser.add_argument("--perceiver-tokens", type=int, default=32, help="0 = skip the Perceiver AR figure")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -119,20 +91,19 @@ def main() -> None:
     res = compare(models, args.tokens, args.rounds)
     for name, r in res.items():
         print(f"  {name}: {r['sampled']:8,.0f} tokens/s sampled (top-p 0.95)   {r['bare']:8,.0f} tokens/s bare step")
-    if "int8" in res:
-        print(f"  int8 / fp32 (sampled): {res['int8']['sampled'] / res['fp32']['sampled']:.2f}x")
-    else:
-        print("  int8: not measured (see above); fp32 only")
+    print(f"  int8 / fp32 (sampled): {res['int8']['sampled'] / res['fp32']['sampled']:.2f}x")
     met = res["fp32"]["sampled"] >= TARGET_FP32
     print(f"  target fp32 >= {TARGET_FP32:,.0f} tokens/s: {'met' if met else 'NOT met'}")
     result = {"machine": machine(), "load_average": load, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "tokens": args.tokens, "rounds": args.rounds, "int8": how, "gru_3x512": res}
     if args.perceiver_tokens:
-        pc = perceiver_cache(args.perceiver_tokens, max(1, args.rounds // 2))
-        if pc is not None:
-            print(f"Perceiver AR ({pc['config']}): cached {pc['tokens_per_second_cached']:,.0f} tokens/s, "
-                  f"uncached {pc['tokens_per_second_uncached']:,.0f} tokens/s, {pc['speedup']:.2f}x")
-            result["perceiver_ar"] = pc
+        pc = bench_cached_vs_uncached(context=2048, tokens=args.perceiver_tokens, threads=args.threads)
+        for phase in ("growth", "sliding"):
+            r = pc[phase]
+            print(f"Perceiver AR at a 2,048-token context, {phase} phase: cached "
+                  f"{r['cached_tokens_per_second']:,.0f} tokens/s, uncached {r['uncached_tokens_per_second']:,.0f} "
+                  f"tokens/s, {r['speedup']:.2f}x")
+        result["perceiver_ar"] = pc
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
