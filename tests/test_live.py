@@ -31,14 +31,6 @@ def codec() -> Codec:
     return Codec("magenta")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def phrase_midi(path=None, pedal=True) -> pretty_midi.PrettyMIDI:
     """A short phrase on the 10 ms grid (first note at 0), with a sustain pedal and a chord."""
     pm = pretty_midi.PrettyMIDI(resolution=1000, initial_tempo=120.0)
@@ -81,6 +73,15 @@ class Harness:
 
     def wait_turns(self, n, timeout=20.0):
         self.wait(lambda: len(self.session.turns) >= n and not self.session.responding, timeout)
+
+    def play_turns(self, messages, turns):
+        """Play the phrase `turns` times, each after the session listens again; wait for the session to end."""
+        for _ in range(turns):
+            self.wait(lambda: self.session.listening.is_set())
+            n = len(self.session.turns)
+            live.play_phrase(self.inp, messages, speed=None)
+            self.wait_turns(n + 1)
+        self.thread.join(timeout=5)
 
     def stop(self):
         self.session.stop()
@@ -341,13 +342,7 @@ def test_barge_in_stops_the_answer_and_starts_a_phrase(codec):
 
 def test_record_writes_phrase_and_answer(codec, tmp_path):
     h = Harness(tiny_model(seed=2), codec, record_dir=tmp_path / "rec", silence=0.05, seconds=1.0, turns=2)
-    messages = live.phrase_messages(phrase_midi())
-    for _ in range(2):
-        h.wait(lambda: h.session.listening.is_set())
-        n = len(h.session.turns)
-        live.play_phrase(h.inp, messages, speed=None)
-        h.wait_turns(n + 1)
-    h.thread.join(timeout=5)
+    h.play_turns(live.phrase_messages(phrase_midi()), 2)
     for i in (1, 2):
         phrase = pretty_midi.PrettyMIDI(str(tmp_path / "rec" / f"turn-{i:03d}-phrase.mid"))
         answer = pretty_midi.PrettyMIDI(str(tmp_path / "rec" / f"turn-{i:03d}-response.mid"))
@@ -434,13 +429,7 @@ def test_latency_and_timing_full_size_gru(codec):
     """
     model = tiny_model(hidden=512, layers=3)
     h = Harness(model, codec, silence=0.25, seconds=1.0, turns=5)
-    messages = live.phrase_messages(phrase_midi())
-    for _ in range(5):
-        h.wait(lambda: h.session.listening.is_set())
-        n = len(h.session.turns)
-        live.play_phrase(h.inp, messages, speed=None)
-        h.wait_turns(n + 1)
-    h.thread.join(timeout=5)
+    h.play_turns(live.phrase_messages(phrase_midi()), 5)
     turns = h.session.turns
     assert len(turns) == 5
     latency = live.stats([t.latency for t in turns])

@@ -36,14 +36,6 @@ def tiny(**kw) -> PerceiverAR:
     return model
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_released_config_has_exactly_134_840_832_parameters():
     with torch.device("meta"):
         assert count_parameters(PerceiverAR(sam_giant_midi_config())) == 134_840_832

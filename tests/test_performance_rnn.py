@@ -15,15 +15,6 @@ SHIFT = 255  # + k steps of 10 ms
 VEL = 355    # + bin
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: one thread is fastest, and immune to barrier stalls on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def synthetic_piece(n_notes: int, seed: int, low: int = 40, high: int = 90) -> np.ndarray:
     """A plausible event array: velocity changes, overlapping notes, gaps of 10 ms .. 2.5 s."""
     rng = np.random.default_rng(seed)

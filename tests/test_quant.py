@@ -15,15 +15,6 @@ from amadeus.quant import DecomposedGRU, Int8Linear, StatsCollector, clip_range,
 from amadeus.quant.modules import EltwiseAdd, Int8Embedding
 from amadeus.quant.qtensor import MODES, dequantize, qparams_from_range, quantize
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny ops: threads only add contention (the suite shares 2 cores)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 KEYS = {"min", "max", "avg_min", "avg_max", "mean", "std", "shape"}
 
 

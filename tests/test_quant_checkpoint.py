@@ -11,15 +11,6 @@ from torch import nn
 from amadeus.quant import Int8Linear, load_quantized, quantize_model, state_bytes
 from amadeus.quant.workflow import calibrate, compare_speed, fixed_windows, mean_nll
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny ops: threads only add contention (the suite shares 2 cores)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 V = 388
 
 

@@ -10,7 +10,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from test_performance_rnn import one_thread, synthetic_piece  # noqa: F401 (fixture)
+from test_performance_rnn import synthetic_piece
 
 from amadeus import checkpoint
 from amadeus.errors import UserError
