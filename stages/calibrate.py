@@ -7,7 +7,7 @@ element-wise op) over `calibrate.batches` seeded validation windows; see amadeus
 import argparse
 import time
 
-from amadeus.checkpoint import load_model
+from amadeus.checkpoint import checkpoint_path, load_model
 from amadeus.data import load_split
 from amadeus.errors import exits_cleanly
 from amadeus.fileio import write_yaml
@@ -24,7 +24,7 @@ def main() -> None:
     params = load_yaml(args.params)
     config = build(CalibrateConfig, section(params, "calibrate"), "calibrate")
     folders = [f"dataset/processed/{name}" for name in section(params, "datasets")]
-    model, _ = load_model(f"save/{args.family}.sess")
+    model, _ = load_model(checkpoint_path(args.family))
     windows = fixed_windows(load_split(folders, "validation"), config.batches, config.batch_size,
                             config.window, config.seed, controls=getattr(model, "uses_controls", False))
     start = time.perf_counter()

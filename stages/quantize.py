@@ -7,7 +7,7 @@ int8 on identical validation windows and identical seeded generation, measured i
 
 import argparse
 
-from amadeus.checkpoint import save
+from amadeus.checkpoint import checkpoint_path, save
 from amadeus.errors import exits_cleanly
 from amadeus.fileio import write_json
 from amadeus.params import load_yaml
@@ -21,13 +21,14 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     result = quantize_checkpoint(args.family, load_yaml(args.params))
-    save(f"save/{args.family}.int8.sess", result.checkpoint)
+    out = checkpoint_path(args.family, "int8")
+    save(out, result.checkpoint)
     write_json(f"output/metrics/quantize_{args.family}.json", result.metrics)
     m = result.metrics
     print(f"quantize {args.family}: size x{m['size_ratio']}, NLL {result.nll_fp32:.4f} -> {result.nll_int8:.4f} "
           f"({m['nll_delta_rel']:+.2%}), {m['tokens_per_second_fp32']} -> {m['tokens_per_second_int8']} tokens/s "
           f"({m['speedup']}x, {m['threads']} thread(s), timed in {result.timed_seconds:.0f} s) "
-          f"-> save/{args.family}.int8.sess")
+          f"-> {out}")
 
 
 if __name__ == "__main__":

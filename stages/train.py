@@ -8,6 +8,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from amadeus.checkpoint import checkpoint_path
 from amadeus.data import load_split
 from amadeus.errors import exits_cleanly
 from amadeus.params import load_yaml, section
@@ -26,7 +27,7 @@ def main() -> None:
     cfg = train_config(section(params, "train"), family)
     datasets = section(params, "datasets")
     folders = [Path("dataset/processed") / name for name in datasets]
-    out = Outputs(checkpoint=Path(f"save/{family}.sess"), tensorboard=Path(f"runs/{family}"),
+    out = Outputs(checkpoint=checkpoint_path(family), tensorboard=Path(f"runs/{family}"),
                   plots=Path(f"output/plots/train_{family}.csv"),
                   metrics=Path(f"output/metrics/train_{family}.json"))
     result = train(family, section(params, f"models.{family}"), cfg, load_split(folders, "train"),

@@ -20,12 +20,12 @@ import numpy as np
 import pretty_midi
 
 from amadeus import codec, metrics
-from amadeus.checkpoint import PRECISIONS, load_model
+from amadeus.checkpoint import PRECISIONS, checkpoint_path, load_model
 from amadeus.codec import VOCAB_SIZE  # the real event ids (PAD excluded): the floor draws from these uniformly
 from amadeus.data import load_split
 from amadeus.errors import UserError
 from amadeus.params import as_dict, build, knob, section
-from amadeus.showcase import checkpoint_path, output_dir
+from amadeus.showcase import output_dir
 from amadeus.windows import fixed_windows
 
 
@@ -134,7 +134,7 @@ def evaluate(params: dict, root: Path = Path(".")) -> dict:
     for family in families:
         report["models"][family] = {}
         for precision in PRECISIONS:
-            checkpoint = checkpoint_path(root, family, precision)
+            checkpoint = checkpoint_path(family, precision, root)
             out_dir = output_dir(root, family, precision)
             if not checkpoint.exists() and not out_dir.exists():
                 continue

@@ -22,17 +22,13 @@ import torch
 from tqdm import tqdm
 
 from amadeus import data
+from amadeus.checkpoint import checkpoint_path
 from amadeus.errors import UserError
 from amadeus.fileio import atomic_open, write_json
 from amadeus.generation import GenerateConfig, Loaded, continue_midi, cut_seconds, decode_ids, encode_midi, load
 from amadeus.params import as_dict, build, section
 
 Prompt = tuple[str, str, np.ndarray | None]  # (piece name, where it came from, prompt ids or None)
-
-
-def checkpoint_path(root: Path, family: str, precision: str) -> Path:
-    """save/<family>.sess for fp32, save/<family>.<precision>.sess otherwise (e.g. .int8.sess)."""
-    return root / "save" / (f"{family}.sess" if precision == "fp32" else f"{family}.{precision}.sess")
 
 
 def output_dir(root: Path, family: str, precision: str) -> Path:
@@ -164,7 +160,7 @@ def generate_showcase(family: str, params: dict, root: Path = Path("."), quiet: 
         ensure_fluidsynth()  # one line saying how to install it, before any model work
     metrics: dict[str, Any] = {}
     for precision in config.precisions:
-        path = checkpoint_path(root, family, precision)
+        path = checkpoint_path(family, precision, root)
         if not path.is_file():
             raise UserError(f"{path}: checkpoint not found; run `dvc repro` (train/quantize {family}) "
                             f"or drop {precision} from generate.precisions")

@@ -161,7 +161,7 @@ def quantize_checkpoint(family: str, params: dict, root: Path = Path(".")) -> Qu
     fp32 and int8 are compared on the same seeded validation windows (NLL) and the same seeded
     sampling (speed, interleaved in this run).
     """
-    from amadeus.checkpoint import load_model
+    from amadeus.checkpoint import checkpoint_path, load_model
     from amadeus.data import load_split
 
     calib = build(CalibrateConfig, section(params, "calibrate"), "calibrate")
@@ -172,7 +172,7 @@ def quantize_checkpoint(family: str, params: dict, root: Path = Path(".")) -> Qu
             stats = yaml.safe_load(f)
     except FileNotFoundError:
         raise UserError(f"{stats_path}: not found; run the calibrate stage first") from None
-    model, ckpt = load_model(root / "save" / f"{family}.sess")
+    model, ckpt = load_model(checkpoint_path(family, "fp32", root))
     model.eval()
     folders = [root / "dataset" / "processed" / name for name in section(params, "datasets")]
     windows = fixed_windows(load_split(folders, "validation"), config.eval_batches, calib.batch_size,
