@@ -7,7 +7,10 @@ Both models have the same random weights (speed does not depend on training); in
 does with real ones. Each round times fp32 and int8 back to back (the median over rounds counts), so
 load on a shared machine hits both alike. Two figures per model: the full sampler
 (`amadeus.sampling.generate`, top-p 0.95, what the generate stage runs) and the bare model step
-(argmax fed back), whose gap is the sampler's overhead. Target: fp32 >= 1,000 tokens/s on one thread.
+(argmax fed back), whose gap is the sampler's overhead, and the same loop through `model.run` (the
+whole nn.GRU module per event, no step plan) as the plan's baseline. Also the rate at which a
+matrix-vector product streams the fp32 weights in the two layouts (why the plan transposes them).
+Target: fp32 >= 1,000 tokens/s on one thread.
 
 Also the Perceiver AR's cached against uncached generation at batch 1 and a 2,048-token context
 (bench/perceiver_ar.py).
@@ -51,6 +54,44 @@ def bare_steps(model: torch.nn.Module, tokens: int) -> float:
     return tokens / (time.perf_counter() - start)
 
 
+@torch.no_grad()
+def unplanned_steps(model: torch.nn.Module, tokens: int) -> float:
+    """tokens/s of the same argmax loop through `model.run` (embedding, the whole GRU module, head):
+    how generation stepped before amadeus.models.gru_step, the baseline for its step plan."""
+    logits, h = model.run(torch.full((1, 1), model.config.start_id))
+    start = time.perf_counter()
+    for _ in range(tokens):
+        logits, h = model.run(logits[:, -1].argmax(-1, keepdim=True), None, h)
+    return tokens / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def gemv_layouts(model: torch.nn.Module, rounds: int = 200) -> dict[str, float]:
+    """GB/s of one pass of matrix-vector products over the fp32 matrices a step reads (the GRU's and
+    the head's), in F.linear's [out, in] layout and as addmm on a contiguous [in, out] copy."""
+    mats = [p for n, p in model.named_parameters() if p.dim() == 2 and (n.startswith("gru.") or n.startswith("head."))]
+    mats_t = [m.t().contiguous() for m in mats]
+    xs = [torch.randn(1, m.shape[1]) for m in mats]
+    size = sum(m.numel() * m.element_size() for m in mats)
+    out = {}
+    def linear() -> None:
+        for x, m in zip(xs, mats, strict=True):
+            torch.nn.functional.linear(x, m)
+
+    def transposed() -> None:
+        for x, m in zip(xs, mats_t, strict=True):
+            torch.mm(x, m)
+
+    for name, fn in (("F.linear [out,in]", linear), ("addmm [in,out]", transposed)):
+        fn()
+        start = time.perf_counter()
+        for _ in range(rounds):
+            fn()
+        out[name] = round(size * rounds / (time.perf_counter() - start) / 1e9, 1)
+    out["megabytes"] = round(size / 1e6, 1)
+    return out
+
+
 def sampled(model: torch.nn.Module, tokens: int, **kwargs) -> float:
     start = time.perf_counter()
     out = generate(model, None, tokens, do_sample=True, top_p=0.95, seed=0, **kwargs)
@@ -61,11 +102,12 @@ def compare(models: dict[str, torch.nn.Module], tokens: int, rounds: int) -> dic
     for m in models.values():  # warm-up: allocator, first-call paths
         sampled(m, 50)
         bare_steps(m, 50)
-    runs: dict[str, dict[str, list[float]]] = {k: {"sampled": [], "bare": []} for k in models}
+    runs: dict[str, dict[str, list[float]]] = {k: {"sampled": [], "bare": [], "unplanned": []} for k in models}
     for _ in range(rounds):
         for name, m in models.items():
             runs[name]["sampled"].append(sampled(m, tokens))
             runs[name]["bare"].append(bare_steps(m, tokens))
+            runs[name]["unplanned"].append(unplanned_steps(m, tokens))
     return {name: {kind: round(statistics.median(v), 1) for kind, v in r.items()} for name, r in runs.items()}
 
 
@@ -90,12 +132,17 @@ def main() -> None:
     print(f"timing: {args.rounds} interleaved rounds of {args.tokens} events, median")
     res = compare(models, args.tokens, args.rounds)
     for name, r in res.items():
-        print(f"  {name}: {r['sampled']:8,.0f} tokens/s sampled (top-p 0.95)   {r['bare']:8,.0f} tokens/s bare step")
+        print(f"  {name}: {r['sampled']:8,.0f} tokens/s sampled (top-p 0.95)   {r['bare']:8,.0f} tokens/s bare step"
+              f"   {r['unplanned']:8,.0f} tokens/s through model.run ({r['bare'] / r['unplanned']:.2f}x for the plan)")
     print(f"  int8 / fp32 (sampled): {res['int8']['sampled'] / res['fp32']['sampled']:.2f}x")
+    layouts = gemv_layouts(fp32)
+    print(f"  fp32 matrix-vector over the {layouts['megabytes']} MB a step reads: "
+          + ", ".join(f"{k} {v} GB/s" for k, v in layouts.items() if k != "megabytes"))
     met = res["fp32"]["sampled"] >= TARGET_FP32
     print(f"  target fp32 >= {TARGET_FP32:,.0f} tokens/s: {'met' if met else 'NOT met'}")
     result = {"machine": machine(), "load_average": load, "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "tokens": args.tokens, "rounds": args.rounds, "int8": how, "gru_3x512": res}
+              "torch": torch.__version__, "tokens": args.tokens, "rounds": args.rounds, "int8": how, "gru_3x512": res,
+              "fp32_gemv_layouts": layouts}
     if args.perceiver_tokens:
         pc = bench_cached_vs_uncached(context=2048, tokens=args.perceiver_tokens, threads=args.threads)
         for phase in ("growth", "sliding"):

@@ -67,12 +67,13 @@ def test_shapes_and_quantization_hooks():
     assert type(model.gru) is torch.nn.GRU and model.gru.batch_first
     assert type(model.head) is torch.nn.Linear and model.head.out_features == VOCAB_SIZE
     logits, state = model.prefill(ids[:, :4])
-    assert logits.shape == (3, VOCAB_SIZE) and state.h.shape == (2, 3, 32)
+    assert logits.shape == (3, VOCAB_SIZE) and [h.shape for h in state.h] == [(3, 32)] * 2
     logits, state2 = model.step(ids[:, 4], state)
     assert logits.shape == (3, VOCAB_SIZE)
     index = torch.tensor([2, 2, 0])
     moved = model.reorder_state(state2, index)
-    assert torch.equal(moved.h[:, 0], state2.h[:, 2]) and torch.equal(moved.h[:, 2], state2.h[:, 0])
+    for layer in range(2):
+        assert torch.equal(moved.h[layer][0], state2.h[layer][2]) and torch.equal(moved.h[layer][2], state2.h[layer][0])
     assert parameter_count(model) == sum(p.numel() for p in model.parameters())
 
 

@@ -208,3 +208,35 @@ def test_int8_gru_close_to_fp32(dtype):
     err = (out - out_ref).abs().max().item()
     assert err < 0.05, err
     assert not math.isnan(err)
+
+
+@pytest.mark.parametrize("with_controls", [False, True])
+@torch.no_grad()
+def test_int8_performance_rnn_steps_as_it_runs_with_one_matmul_per_layer(with_controls):
+    """Generation's fast step (amadeus.models.gru_step) on the int8 model gives the logits of the
+    int8 model's own full-window pass: each layer's new state is quantized once and multiplied by
+    its two readers' weights stacked, which needs their shared input range."""
+    from amadeus.models import build_model
+    from amadeus.quant.workflow import int8_with_random_calibration
+
+    torch.manual_seed(0)
+    fp32 = build_model("performance_rnn", dict(embed_dim=16, input_size=24, hidden_size=32, num_layers=3)).eval()
+    model = int8_with_random_calibration(fp32)
+    for first, second in model.quant_shared_inputs:
+        a, b = model.get_submodule(first), model.get_submodule(second)
+        assert torch.equal(a.input_scale, b.input_scale) and Int8Linear.stack(a, b) is not None
+    ids = torch.randint(0, 388, (3, 30))
+    ctrl = torch.rand(3, 24) if with_controls else None  # rows hold different controls: a table per row
+    full = model(torch.cat([torch.full((3, 1), 355), ids], 1), ctrl)
+    logits, state = model.prefill(ids[:, :0], ctrl)
+    assert all(isinstance(getattr(out, "stacked", None), Int8Linear) for out in state.plan.outputs)
+    stepped = [logits]
+    for t in range(ids.shape[1]):
+        logits, state = model.step(ids[:, t], state)
+        stepped.append(logits)
+    torch.testing.assert_close(torch.stack(stepped, 1), full, atol=1e-4, rtol=1e-4)
+    # reordering (beam search) moves each row's hidden gates and, per row, its table
+    index = torch.tensor([2, 2, 0])
+    moved = model.reorder_state(state, index)
+    logits_moved, _ = model.step(ids[index, -1], moved)
+    torch.testing.assert_close(logits_moved, model.step(ids[:, -1], state)[0][index], atol=1e-5, rtol=1e-5)

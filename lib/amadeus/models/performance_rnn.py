@@ -14,7 +14,8 @@ the targets e_0..e_W, so every event of the window is predicted; the start id is
 target e_t, i.e. it travels with the input that predicts e_t (as in Magenta).
 
 For `amadeus.quant`: the GRU is only ever called as `out, h = self.gru(x, h)` and the output
-projection is the plain `nn.Linear` `self.head`, so both can be swapped for int8 drop-ins.
+projection is the plain `nn.Linear` `self.head`, so both can be swapped for int8 drop-ins. Generation
+steps through `amadeus.models.gru_step` instead, which reads either form (nn.GRU or DecomposedGRU).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from amadeus.controls import CONTROL_DIM
+from amadeus.models.gru_step import GRUStepPlan
 from amadeus.params import knob
 
 VOCAB_SIZE = 388
@@ -47,10 +49,20 @@ class PerformanceRNNConfig:
 
 
 class RNNState(NamedTuple):
-    """Generation state: GRU hidden state [L,B,H] and the constant controls [B,24] (or None)."""
+    """Generation state. `h`: per layer [B,H]; `controls`: held [B,24] or None. In eval mode also what
+    the fast step needs (amadeus.models.gru_step): each layer's hidden gates for the next step, the
+    first layer's input gates for every event id given the held controls ([V,3H] shared by all rows,
+    or [B*V,3H] row by row when rows hold different controls), and the plan itself."""
 
-    h: torch.Tensor
+    h: tuple[torch.Tensor, ...]
     controls: torch.Tensor | None
+    gates_h: tuple[torch.Tensor, ...] | None = None
+    input_gates: torch.Tensor | None = None
+    plan: GRUStepPlan | None = None
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return a is b or (a is not None and b is not None and torch.equal(a, b))
 
 
 class PerformanceRNN(nn.Module):
@@ -71,6 +83,7 @@ class PerformanceRNN(nn.Module):
                           dropout=c.dropout if c.num_layers > 1 else 0.0)
         self.drop = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.hidden_size, VOCAB_SIZE)
+        self._plan_cache: tuple | None = None  # generation's step plan and table (see _generation_plan)
 
     # --- the core: inputs -> logits, hidden state in and out -------------------------------------
 
@@ -139,13 +152,66 @@ class PerformanceRNN(nn.Module):
             controls = None
         logits, h = self.run(inputs, controls)
         held = controls[:, -1] if controls is not None and controls.dim() == 3 else controls
-        return logits[:, -1], RNNState(h, held)
+        layers = tuple(h.unbind(0))
+        if self.training:  # dropout between layers: step through run() as in training
+            return logits[:, -1], RNNState(layers, held)
+        plan, table = self._generation_plan(held)
+        return logits[:, -1], RNNState(layers, held, plan.start(layers), table, plan)
+
+    def _generation_plan(self, held: torch.Tensor | None) -> tuple[GRUStepPlan, torch.Tensor]:
+        """The step plan and the input-gate table, reused while no weight and not the held controls
+        changed (a tensor's `_version` counts its in-place updates, e.g. optimizer steps)."""
+        tensors = [t for m in (self.embed, self.proj, self.gru, self.head) for t in (*m.parameters(), *m.buffers())]
+        versions = [t._version for t in tensors]
+        cached = self._plan_cache
+        stale = (cached is None or len(cached[0]) != len(tensors)
+                 or any(a is not b for a, b in zip(cached[0], tensors, strict=True))
+                 or cached[1] != versions or not _same(cached[2], held))
+        if stale:
+            plan = GRUStepPlan(self.gru, self.head)
+            table = self._input_gate_table(plan, held)
+            cached = self._plan_cache = (tensors, versions, None if held is None else held.clone(), plan, table)
+        return cached[3], cached[4]
+
+    def _input_gate_table(self, plan: GRUStepPlan, held: torch.Tensor | None) -> torch.Tensor:
+        """The first GRU layer's input gates for every event id: [V,3H], or [B*V,3H] when the rows
+        hold different controls."""
+        rows = 1
+        if held is not None and not bool((held == held[:1]).all()):
+            rows = held.shape[0]
+        ids = torch.arange(VOCAB_SIZE, device=self.head.weight.device).expand(rows, VOCAB_SIZE)
+        x = self._inputs(ids, None if held is None else held[:rows])
+        return plan.input_gates(x.reshape(rows * VOCAB_SIZE, -1))
 
     def step(self, ids: torch.Tensor, state: RNNState) -> tuple[torch.Tensor, RNNState]:
         """One event per row: ids [B] -> (logits [B,388], new state)."""
-        logits, h = self.run(ids.long()[:, None], state.controls, state.h)
-        return logits[:, 0], RNNState(h, state.controls)
+        if state.plan is None:
+            logits, h = self.run(ids.long()[:, None], state.controls, torch.stack(state.h))
+            return logits[:, 0], RNNState(tuple(h.unbind(0)), state.controls)
+        table = state.input_gates
+        if table.shape[0] > VOCAB_SIZE:  # a table per row
+            ids = ids + torch.arange(0, table.shape[0], VOCAB_SIZE, device=ids.device)
+        logits, h, gates_h = state.plan.step(F.embedding(ids, table), state.h, state.gates_h)
+        return logits, RNNState(h, state.controls, gates_h, table, state.plan)
 
     def reorder_state(self, state: RNNState, index: torch.Tensor) -> RNNState:
+        def pick(layers):
+            return None if layers is None else tuple(t.index_select(0, index) for t in layers)
+
         ctrl = state.controls.index_select(0, index) if state.controls is not None else None
-        return RNNState(state.h.index_select(1, index), ctrl)
+        table = state.input_gates
+        if table is not None and table.shape[0] > VOCAB_SIZE:
+            table = table.view(-1, VOCAB_SIZE, table.shape[1]).index_select(0, index).flatten(0, 1)
+        return RNNState(pick(state.h), ctrl, pick(state.gates_h), table, state.plan)
+
+    # --- int8 (amadeus.quant) -------------------------------------------------------------------
+
+    @property
+    def quant_shared_inputs(self) -> list[list[str]]:
+        """Linears of the decomposed GRU that read the same tensor, a layer's new hidden state: the
+        next layer's input projection (the head at the top) and the layer's own hidden projection at
+        the next step. amadeus.quant gives each group one input range, so generation quantizes that
+        state once and multiplies it with both weights in one int8 matmul (gru_step)."""
+        own = [f"gru.cells.{i}.fc_gate_h" for i in range(self.config.num_layers)]
+        readers = [f"gru.cells.{i}.fc_gate_x" for i in range(1, self.config.num_layers)] + ["head"]
+        return [[a, b] for a, b in zip(own, readers, strict=True)]

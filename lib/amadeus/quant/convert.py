@@ -69,18 +69,13 @@ def quantize_model(model: nn.Module, stats: dict | None, mode: str = "asymmetric
     skip = set(skip) | set(getattr(model, "quant_skip", ()))
     kinds: dict[str, str] = {n: "gru" for n in decompose_grus(model, skip)}
     set_eltwise_dtype(model, eltwise_dtype)
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name not in skip]
+    ranges = _input_ranges(linears, stats, clip, n_std, getattr(model, "quant_shared_inputs", ()))
     for name, m in list(model.named_modules()):
         if name in skip:
             continue
         if isinstance(m, nn.Linear):
-            rng = None
-            if stats is not None:
-                entry = stats.get(name, {}).get("inputs", {}).get(0)
-                if entry is None:
-                    raise UserError(f"calibration stats: no input statistics for module '{name}'; "
-                                    "rerun the calibrate stage for this model")
-                rng = clip_range(entry, clip, n_std)
-            _set(model, name, Int8Linear.from_linear(m, mode, rng))
+            _set(model, name, Int8Linear.from_linear(m, mode, ranges.get(name)))
             kinds[name] = "linear"
         elif isinstance(m, nn.Embedding):
             _set(model, name, Int8Embedding.from_embedding(m, mode))
@@ -88,6 +83,28 @@ def quantize_model(model: nn.Module, stats: dict | None, mode: str = "asymmetric
     model.eval()
     return {"format": FORMAT, "mode": mode, "clip": clip if stats is not None else "dynamic",
             "n_std": float(n_std), "eltwise_dtype": eltwise_dtype, "modules": kinds}
+
+
+def _input_ranges(linears: list[str], stats: dict | None, clip: str, n_std: float,
+                  shared: Iterable[Iterable[str]]) -> dict[str, tuple[float, float]]:
+    """Each Linear's static input range under `clip` (none without stats). Linears that the model
+    says read the same tensor (`quant_shared_inputs`) get the union of their ranges: a tensor has
+    one quantization, so it can be quantized once for all its readers."""
+    if stats is None:
+        return {}
+    ranges = {}
+    for name in linears:
+        entry = stats.get(name, {}).get("inputs", {}).get(0)
+        if entry is None:
+            raise UserError(f"calibration stats: no input statistics for module '{name}'; "
+                            "rerun the calibrate stage for this model")
+        ranges[name] = clip_range(entry, clip, n_std)
+    for group in shared:
+        group = [n for n in group if n in ranges]
+        if group:
+            union = (min(ranges[n][0] for n in group), max(ranges[n][1] for n in group))
+            ranges.update({n: union for n in group})
+    return ranges
 
 
 def load_quantized(ckpt: dict, model: nn.Module) -> nn.Module:

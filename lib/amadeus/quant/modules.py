@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from amadeus.models.gru_step import gru_update
 from amadeus.quant.qtensor import check_mode, dequantize, qparams_from_range, quantize_per_channel, to_signed
 
 # ---------------------------------------------------------------------------------------------------
@@ -92,6 +93,27 @@ class Int8Linear(nn.Module):
         m.prepare()
         return m.to(linear.weight.device)
 
+    @classmethod
+    def stack(cls, first: Int8Linear, second: Int8Linear) -> Int8Linear | None:
+        """One Int8Linear computing [first(x), second(x)] with one quantization of x and one matmul,
+        or None when the two do not quantize their input alike (or are not static CPU modules)."""
+        same = (first.static and second.static and first.mode == second.mode
+                and first.in_features == second.in_features and first.weight.device.type == "cpu"
+                and second.weight.device.type == "cpu"
+                and bool(first.input_scale == second.input_scale)
+                and bool(first.input_zero_point == second.input_zero_point))
+        if not same:
+            return None
+        m = cls(first.in_features, first.out_features + second.out_features, True, first.mode, static=True)
+        with torch.no_grad():
+            for name in ("weight", "weight_scale", "weight_zero_point"):
+                getattr(m, name).copy_(torch.cat([getattr(first, name), getattr(second, name)]))
+            m.bias.copy_(torch.cat([first._bias, second._bias]))
+            for name in ("input_range", "input_scale", "input_zero_point"):
+                getattr(m, name).copy_(getattr(first, name))
+        m.prepare()
+        return m
+
     def _apply(self, fn, recurse=True):  # .to(device) moves buffers; the derived constants follow
         super()._apply(fn, recurse)
         self.prepare()
@@ -136,10 +158,10 @@ class Int8Linear(nn.Module):
                             if self.bias is not None else None)
         if not self.static:
             return self._dynamic(x)
-        xq = torch.add(self._zx, x, alpha=self._inv_sx).round_().clamp_(-128, 127).to(torch.int8)
-        acc = torch._int_mm(xq, self._wt)
+        xf = torch.add(self._zx, x, alpha=self._inv_sx).round_().clamp_(-128, 127)  # integers, still float
+        acc = torch._int_mm(xf.to(torch.int8), self._wt)
         if self._has_zw:
-            xs = xq.sum(1, keepdim=True, dtype=torch.float32)
+            xs = xf.sum(1, keepdim=True)  # exact (|sum| < 2^24); cheaper here than on the int8 copy
             return torch.addcmul(torch.addcmul(self._bias_eff, xs, self._nzss), acc, self._ss)
         return torch.addcmul(self._bias_eff, acc, self._ss)
 
@@ -246,23 +268,9 @@ class GRUCell(nn.Module):
         return self.add_h(n, self.mult_z(z, self.sub_h(h, n)))
 
     def fast_step(self, gx: torch.Tensor, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The same arithmetic without module calls, on precomputed input gates gx [B, 3H].
-
-        The gate arithmetic runs in `dtype` (float16 as in the Amadeus seed, or float32); the
-        r and z pre-activations are added in one vectorized op. Returns h' in float32.
-        """
-        H = self.hidden_size
-        gh = _linear2d(self.fc_gate_h, h)
-        hh = h
-        if dtype != torch.float32:
-            gx, gh, hh = gx.to(dtype), gh.to(dtype), h.to(dtype)
-        # few, vectorized ops: per-op Python overhead, not arithmetic, decides a batch-1 step
-        gx_rz, gx_n = gx.split((2 * H, H), 1)
-        gh_rz, gh_n = gh.split((2 * H, H), 1)
-        r, z = torch.sigmoid(gx_rz + gh_rz).chunk(2, 1)
-        n = torch.tanh(torch.addcmul(gx_n, r, gh_n))
-        out = torch.addcmul(n, z, hh - n)
-        return out if dtype == torch.float32 else out.float()
+        """The same arithmetic without module calls, on precomputed input gates gx [B, 3H], the gate
+        arithmetic in `dtype` (float16 as in the Amadeus seed, or float32). Returns h' in float32."""
+        return gru_update(gx, _linear2d(self.fc_gate_h, h), h, dtype)
 
 
 def eltwise_dtype(name: str, device: torch.device) -> torch.dtype:

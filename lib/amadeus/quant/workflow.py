@@ -26,6 +26,7 @@ from amadeus.hardware import machine
 from amadeus.params import as_dict, build, knob, section
 from amadeus.quant.convert import calibration_model, quantize_model, state_bytes
 from amadeus.quant.stats import StatsCollector
+from amadeus.sampling import VOCAB_SIZE, draw
 
 
 @dataclass
@@ -114,14 +115,15 @@ def mean_nll(model: nn.Module, windows: Sequence[Batch]) -> float:
 
 @torch.no_grad()
 def generate_tokens(model: nn.Module, tokens: int, seed: int = 0) -> float:
-    """Per-event sampling at batch 1 (temperature 1) for `tokens` events; returns tokens/s."""
+    """Per-event sampling at batch 1 (temperature 1, the generate stage's sampler) for `tokens` events;
+    returns tokens/s."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.full((1, 1), 355, dtype=torch.long)  # a 1 s time shift: valid in every family
     logits, state = model.prefill(prompt)
     start = time.perf_counter()
     for _ in range(tokens):
-        nxt = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=gen)[:, 0]
+        nxt = draw(logits[:, :VOCAB_SIZE].float(), generator=gen)
         logits, state = model.step(nxt, state)
     return tokens / (time.perf_counter() - start)
 
