@@ -100,6 +100,11 @@ def _both(first: nn.Module | _RawLinear, second: nn.Module | _RawLinear) -> Call
 class GRUStepPlan:
     """How one event goes through `gru` (nn.GRU or DecomposedGRU) and `head` (Linear or Int8Linear)."""
 
+    @staticmethod
+    def supports(gru: nn.Module) -> bool:
+        """nn.GRU itself or amadeus.quant's DecomposedGRU (not, e.g., torch.ao's dynamic GRU)."""
+        return type(gru) is nn.GRU or hasattr(gru, "cells")
+
     def __init__(self, gru: nn.Module, head: nn.Module) -> None:
         layers = _gate_projections(gru)
         self.dtype = torch.float32

@@ -153,7 +153,7 @@ class PerformanceRNN(nn.Module):
         logits, h = self.run(inputs, controls)
         held = controls[:, -1] if controls is not None and controls.dim() == 3 else controls
         layers = tuple(h.unbind(0))
-        if self.training:  # dropout between layers: step through run() as in training
+        if self.training or not GRUStepPlan.supports(self.gru):  # e.g. dropout between layers: step via run()
             return logits[:, -1], RNNState(layers, held)
         plan, table = self._generation_plan(held)
         return logits[:, -1], RNNState(layers, held, plan.start(layers), table, plan)
