@@ -83,6 +83,15 @@ class Harness:
             self.wait_turns(n + 1)
         self.thread.join(timeout=5)
 
+    def answer_once(self, messages):
+        """Play the phrase once, wait for the answer, stop; returns that turn."""
+        try:
+            live.play_phrase(self.inp, messages, speed=None)
+            self.wait_turns(1)
+        finally:
+            self.stop()
+        return self.session.turns[0]
+
     def stop(self):
         self.session.stop()
         self.thread.join(timeout=5)
@@ -280,12 +289,7 @@ def test_codec_facts_match_the_codec(codec):
 
 def test_answer_timing_matches_decoded_token_times(codec):
     h = Harness(tiny_model(seed=3), codec, silence=0.1, seconds=1.5, turns=1)
-    try:
-        live.play_phrase(h.inp, live.phrase_messages(phrase_midi()), speed=None)
-        h.wait_turns(1)
-    finally:
-        h.stop()
-    turn = h.session.turns[0]
+    turn = h.answer_once(live.phrase_messages(phrase_midi()))
     limit = 150
     ref = codec.decode(turn.answer_ids).instruments[0].notes
     expected = sorted((n.pitch, round(n.start * 100) - turn.first_step) for n in ref
@@ -477,10 +481,5 @@ def test_int8_model_answers(codec):
     model = copy.deepcopy(tiny_model(seed=6))
     quantize_model(model, None)  # dynamic activation ranges: no calibration data needed
     h = Harness(model, codec, silence=0.2, seconds=0.5, turns=1)
-    try:
-        live.play_phrase(h.inp, live.phrase_messages(phrase_midi()), speed=None)
-        h.wait_turns(1)
-    finally:
-        h.stop()
-    turn = h.session.turns[0]
+    turn = h.answer_once(live.phrase_messages(phrase_midi()))
     assert turn.warm_ids == len(turn.prompt_ids) and turn.answer_ids and turn.latency is not None

@@ -222,3 +222,27 @@ def test_fixed_windows_and_unigram():
     counts = np.bincount(np.concatenate(pieces).astype(int), minlength=VOCAB_SIZE) + 1
     expected = -np.log(counts / counts.sum())[ids.reshape(-1).numpy()].mean()
     assert unigram_nll(pieces, ids) == pytest.approx(expected)
+
+
+@torch.no_grad()
+def test_generation_plan_follows_changed_weights_and_controls():
+    """The cached step plan and input-gate table are rebuilt when a weight is updated in place (as an
+    optimizer step does) or the held controls change; otherwise prefill reuses them."""
+    model = small_model().eval()
+    ids = torch.randint(0, VOCAB_SIZE, (1, 6))
+    start = torch.full((1, 1), model.config.start_id)
+
+    def stepped_matches_forward(ctrl):
+        logits, state = model.prefill(ids[:, :3], ctrl)
+        logits, state = model.step(ids[:, 3], state)
+        full = model(torch.cat([start, ids[:, :4]], dim=1), ctrl)[:, -1]
+        torch.testing.assert_close(logits, full, atol=1e-5, rtol=1e-5)
+        return state.plan
+
+    first = stepped_matches_forward(None)
+    assert stepped_matches_forward(None) is first  # nothing changed: reused
+    model.embed.weight.add_(0.5)  # in place, as AdamW updates it
+    changed = stepped_matches_forward(None)
+    assert changed is not first
+    ctrl = torch.from_numpy(control_vector([1] + [0] * 11, 30))[None]
+    assert stepped_matches_forward(ctrl) is not changed

@@ -61,6 +61,16 @@ class RNNState(NamedTuple):
     plan: GRUStepPlan | None = None
 
 
+class _PlanCache(NamedTuple):
+    """What `_generation_plan` built, and from which weights (by identity and version) and controls."""
+
+    tensors: list[torch.Tensor]
+    versions: list[int]
+    held: torch.Tensor | None
+    plan: GRUStepPlan
+    table: torch.Tensor
+
+
 def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     return a is b or (a is not None and b is not None and torch.equal(a, b))
 
@@ -83,7 +93,7 @@ class PerformanceRNN(nn.Module):
                           dropout=c.dropout if c.num_layers > 1 else 0.0)
         self.drop = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.hidden_size, VOCAB_SIZE)
-        self._plan_cache: tuple | None = None  # generation's step plan and table (see _generation_plan)
+        self._plan_cache: _PlanCache | None = None  # generation's step plan and table (see _generation_plan)
 
     # --- the core: inputs -> logits, hidden state in and out -------------------------------------
 
@@ -163,15 +173,15 @@ class PerformanceRNN(nn.Module):
         changed (a tensor's `_version` counts its in-place updates, e.g. optimizer steps)."""
         tensors = [t for m in (self.embed, self.proj, self.gru, self.head) for t in (*m.parameters(), *m.buffers())]
         versions = [t._version for t in tensors]
-        cached = self._plan_cache
-        stale = (cached is None or len(cached[0]) != len(tensors)
-                 or any(a is not b for a, b in zip(cached[0], tensors, strict=True))
-                 or cached[1] != versions or not _same(cached[2], held))
+        c = self._plan_cache
+        stale = (c is None or len(c.tensors) != len(tensors)
+                 or any(a is not b for a, b in zip(c.tensors, tensors, strict=True))
+                 or c.versions != versions or not _same(c.held, held))
         if stale:
             plan = GRUStepPlan(self.gru, self.head)
-            table = self._input_gate_table(plan, held)
-            cached = self._plan_cache = (tensors, versions, None if held is None else held.clone(), plan, table)
-        return cached[3], cached[4]
+            c = self._plan_cache = _PlanCache(tensors, versions, None if held is None else held.clone(), plan,
+                                              self._input_gate_table(plan, held))
+        return c.plan, c.table
 
     def _input_gate_table(self, plan: GRUStepPlan, held: torch.Tensor | None) -> torch.Tensor:
         """The first GRU layer's input gates for every event id: [V,3H], or [B*V,3H] when the rows
