@@ -24,7 +24,8 @@ from torch import nn
 
 from amadeus.controls import CONTROL_DIM
 from amadeus.hardware import machine
-from amadeus.models.performance_rnn import VOCAB_SIZE, PerformanceRNN, PerformanceRNNConfig
+from amadeus.models.performance_rnn import PerformanceRNN, PerformanceRNNConfig
+from amadeus.vocab import VOCAB_SIZE
 
 
 class CellLoop(nn.Module):

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from amadeus import codec
+from amadeus import codec, vocab
 from amadeus.errors import UserError
 from amadeus.params import build
 
@@ -45,10 +45,10 @@ def _notes(pm: pretty_midi.PrettyMIDI):
 
 # ---- vocabulary ----
 def test_vocabulary_layout():
-    assert (codec.NOTE_ON, codec.NOTE_OFF, codec.TIME_SHIFT, codec.VELOCITY) == (0, 128, 256, 356)
-    assert codec.VOCAB_SIZE == 388 == codec.PAD_ID
-    assert codec.VELOCITY + codec.NUM_VELOCITY_BINS - 1 == codec.VOCAB_SIZE - 1
-    assert codec.TIME_SHIFT + codec.MAX_SHIFT_STEPS - 1 == codec.VELOCITY - 1
+    assert (vocab.NOTE_ON, vocab.NOTE_OFF, vocab.TIME_SHIFT, vocab.VELOCITY) == (0, 128, 256, 356)
+    assert vocab.VOCAB_SIZE == 388 == vocab.PAD_ID
+    assert vocab.VELOCITY + vocab.NUM_VELOCITY_BINS - 1 == vocab.VOCAB_SIZE - 1
+    assert vocab.TIME_SHIFT + vocab.MAX_SHIFT_STEPS - 1 == vocab.VELOCITY - 1
 
 
 def test_hand_worked_example():
@@ -88,15 +88,15 @@ def test_identical_to_note_seq(case, tmp_path):
     assert piece.ids.dtype == np.int32
     assert piece.ids.tolist() == expected
     assert codec.encode(str(path)).tolist() == expected
-    assert piece.seconds == codec.total_steps(expected) / 100
+    assert piece.seconds == vocab.total_steps(expected) / 100
 
 
 def test_fixture_covers_what_it_claims():
     names = {c["name"] for c in NOTE_SEQ}
     assert {"sustain", "multitrack_drums", "tempo_changes", "tpq384_half_steps", "random_piece"} <= names
     ids = np.concatenate([c["ids"] for c in NOTE_SEQ])
-    assert (ids == codec.TIME_SHIFT + 99).any()                      # chained 1 s shifts
-    assert len(np.unique(ids[ids >= codec.VELOCITY])) >= 20          # many velocity bins
+    assert (ids == vocab.TIME_SHIFT + 99).any()                      # chained 1 s shifts
+    assert len(np.unique(ids[ids >= vocab.VELOCITY])) >= 20          # many velocity bins
     drums = next(c for c in NOTE_SEQ if c["name"] == "multitrack_drums")["ids"]
     assert not {36, 38} & set(drums)                                 # drum notes left out
 
@@ -243,9 +243,9 @@ def test_decode_never_fails(ids, flavour, max_seconds):
 
 
 def test_decode_details():
-    on, off, shift, vel = codec.NOTE_ON, codec.NOTE_OFF, codec.TIME_SHIFT - 1, codec.VELOCITY - 1
+    on, off, shift, vel = vocab.NOTE_ON, vocab.NOTE_OFF, vocab.TIME_SHIFT - 1, vocab.VELOCITY - 1
     # stray note-off, PAD, out-of-range ids ignored; velocity bin 20 -> 77
-    pm = codec.decode([off + 60, codec.PAD_ID, 999, -1, vel + 20, on + 60, shift + 50, off + 60])
+    pm = codec.decode([off + 60, vocab.PAD_ID, 999, -1, vel + 20, on + 60, shift + 50, off + 60])
     assert _notes(pm) == [(60, 0.0, 0.5, 77)]
     # a note left open is closed max_note_seconds after its onset; the late note-off is then stray
     ids = [on + 60] + [shift + 100] * 7 + [off + 60, on + 61]

@@ -17,9 +17,10 @@ import torch
 
 from amadeus import codec
 from amadeus.errors import UserError
-from amadeus.generation import continue_midi, cut_seconds, event_seconds, strip_pad
+from amadeus.generation import continue_midi
 from amadeus.models.performance_rnn import PerformanceRNN, PerformanceRNNConfig
 from amadeus.showcase import generate_showcase
+from amadeus.vocab import cut_seconds, event_seconds, strip_pad
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from amadeus import codec as codec_mod
-from amadeus import live
+from amadeus import live, vocab
 from amadeus.errors import UserError
 from amadeus.live import Codec, LiveConfig, LiveSession, Phrase, StreamDecoder
 from amadeus.models.performance_rnn import PerformanceRNN, PerformanceRNNConfig
@@ -135,7 +135,7 @@ def test_held_pedal_blocks_silence_handover_release_triggers_it(codec):
         time.sleep(0.45)  # three times the silence, pedal still down
         assert not h.session.turns and not h.session.responding
         # Meanwhile the note-on (final: nothing played later can precede it) was primed.
-        assert h.session.fed[-1] == codec_mod.NOTE_ON + 60
+        assert h.session.fed[-1] == vocab.NOTE_ON + 60
         released = time.monotonic()
         h.feed(cc(64, 0), released)
         h.wait_turns(1)
@@ -160,7 +160,7 @@ def test_cc67_hands_over_on_press_not_on_silence(codec):
         h.feed(cc(67, 127), pressed)
         h.wait_turns(1)
         assert h.session.turns[0].handover == pressed
-        assert codec_mod.NOTE_ON + 60 in h.session.turns[0].prompt_ids
+        assert vocab.NOTE_ON + 60 in h.session.turns[0].prompt_ids
     finally:
         h.stop()
 
@@ -302,7 +302,7 @@ def test_answer_timing_matches_decoded_token_times(codec):
     # Every message left within a few ms of its decoded time (generous: the machine is shared).
     log = [s for s in h.session.scheduler.log if s.turn == 0]
     for s in log:
-        step = round((s.due - turn.origin) / live.STEP_SECONDS) - turn.first_step
+        step = round((s.due - turn.origin) / vocab.STEP_SECONDS) - turn.first_step
         assert 0 <= step <= limit
         assert s.sent - s.due < 0.05
     ons = [(n.pitch, n.step) for n in turn.notes if n.kind == "on"]
@@ -341,7 +341,7 @@ def test_barge_in_stops_the_answer_and_starts_a_phrase(codec):
         h.wait(lambda: len(h.session.turns) == 2 and h.session.turns[1].primed is not None)
     finally:
         h.stop()
-    assert h.session.turns[1].prompt_ids[:1] == [codec_mod.VELOCITY + (80 - 1) // 4]
+    assert h.session.turns[1].prompt_ids[:1] == [vocab.VELOCITY + (80 - 1) // 4]
 
 
 def test_record_writes_phrase_and_answer(codec, tmp_path):

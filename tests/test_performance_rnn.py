@@ -8,7 +8,8 @@ import torch
 
 from amadeus.controls import CONTROL_DIM, DENSITY, HISTOGRAM, control_vector, density_bin, piece_controls
 from amadeus.models import FAMILIES, build_model, config_class, parameter_count
-from amadeus.models.performance_rnn import VOCAB_SIZE, PerformanceRNN, PerformanceRNNConfig
+from amadeus.models.performance_rnn import PerformanceRNN, PerformanceRNNConfig
+from amadeus.vocab import VOCAB_SIZE
 from amadeus.windows import Piece, WindowSampler, fixed_windows, make_window, stretch_events, unigram_nll
 
 SHIFT = 255  # + k steps of 10 ms

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from amadeus.errors import UserError
-from amadeus.sampling import PAD_ID, GenerationMixin, draw, generate, top_k_filter, top_p_filter, warp
+from amadeus.sampling import GenerationMixin, draw, generate, top_k_filter, top_p_filter, warp
+from amadeus.vocab import PAD_ID
 
 
 class TinyGRU(nn.Module):

@@ -1,7 +1,6 @@
 """MIDI <-> the 388-id performance event vocabulary (Magenta's performance representation).
 
-Ids (DESIGN.md §3): NOTE_ON p -> p, NOTE_OFF p -> 128+p, TIME_SHIFT of k x 10 ms -> 255+k (k = 1..100),
-VELOCITY bin b -> 355+b (b = 1..32); PAD 388 exists only for Perceiver AR.
+The ids themselves are defined in `amadeus.vocab`.
 
 Encoding follows note_seq 0.0.5 event for event (REFERENCE.md §1.1): `apply_sustain_control_changes`
 folds the sustain pedal into note durations, `quantize_note_sequence_absolute(ns, 100)` snaps times
@@ -29,23 +28,23 @@ import pretty_midi
 
 from amadeus.errors import UserError
 from amadeus.params import knob
+from amadeus.vocab import (
+    MAX_SHIFT_STEPS,
+    NOTE_OFF,
+    NOTE_ON,
+    SHIFT_1S,
+    STEPS_PER_SECOND,
+    TIME_SHIFT,
+    VELOCITY,
+    VELOCITY_BIN_SIZE,
+    VOCAB_SIZE,
+    total_steps,
+)
 
-# ---- the vocabulary (contract) ----
-NOTE_ON = 0
-NOTE_OFF = 128
-TIME_SHIFT = 256          # id of a 10 ms shift; k steps -> 255 + k
-VELOCITY = 356            # id of velocity bin 1 (magenta) / bin 0 (perceiver-io)
-VOCAB_SIZE = 388
-PAD_ID = 388
-STEPS_PER_SECOND = 100
-MAX_SHIFT_STEPS = 100
-NUM_VELOCITY_BINS = 32
-VELOCITY_BIN_SIZE = 4     # note_seq: ceil(127 / 32)
 # Bump when the ids written for the same MIDI file and params change (stored in manifests).
 CODEC_VERSION = "1"
 FLAVOURS = ("magenta", "perceiver-io")
 
-_SHIFT_MAX_ID = TIME_SHIFT + MAX_SHIFT_STEPS - 1   # 355: a full second
 _SUSTAIN_CC = 64
 
 
@@ -299,7 +298,7 @@ def _assemble(note_ids: np.ndarray, full_shifts: np.ndarray, last_shift: np.ndar
     has_vel[vel_events] = 1
     has_last = last_shift > 0
     note_pos = np.cumsum(full_shifts + has_last + has_vel) + np.arange(len(note_ids))
-    out = np.full(int(note_pos[-1]) + 1 if len(note_pos) else 0, _SHIFT_MAX_ID, dtype=np.int32)
+    out = np.full(int(note_pos[-1]) + 1 if len(note_pos) else 0, SHIFT_1S, dtype=np.int32)
     out[note_pos] = note_ids
     out[note_pos[vel_events] - 1] = vel_ids
     shifted = np.flatnonzero(has_last)
@@ -441,13 +440,6 @@ def encode_path(path: str | Path, flavour: str = "magenta",
     if seconds > max_piece_seconds:     # the pedal can stretch a piece to its last pedal event
         raise MidiError(f"absurd length: {seconds:.0f} s > max_piece_seconds {max_piece_seconds:.0f}", path)
     return EncodedPiece(ids=ids, notes=count, seconds=seconds)
-
-
-def total_steps(ids: np.ndarray) -> int:
-    """10 ms steps spanned by an id sequence (the sum of its time shifts)."""
-    ids = np.asarray(ids)
-    shifts = ids[(ids >= TIME_SHIFT) & (ids < VELOCITY)].astype(np.int64)
-    return int((shifts - (TIME_SHIFT - 1)).sum())
 
 
 # ---- decoding ----

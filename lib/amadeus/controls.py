@@ -17,29 +17,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from amadeus.vocab import NOTE_OFF, event_times, shift_steps
+
 CONTROL_DIM = 24
 HISTOGRAM = slice(0, 12)
 DENSITY = slice(12, 24)
 WINDOW_STEPS = 200  # 2 s on the 10 ms grid
 DENSITY_EDGES = np.arange(1, 35, 3)  # 1, 4, ..., 34 note-ons per 2 s (12 bins)
-
-# Vocabulary contract (DESIGN.md §3): 0-127 note-on, 128-255 note-off, 256-355 shift k*10 ms.
-NOTE_ON_END = 128
-SHIFT_FIRST, SHIFT_LAST = 256, 355
-
-
-def shift_steps(ids: np.ndarray) -> np.ndarray:
-    """10 ms steps each event advances time by (0 for everything but time shifts)."""
-    ids = np.asarray(ids, dtype=np.int64)
-    is_shift = (ids >= SHIFT_FIRST) & (ids <= SHIFT_LAST)
-    return np.where(is_shift, ids - (SHIFT_FIRST - 1), 0)
-
-
-def event_times(ids: np.ndarray) -> np.ndarray:
-    """Time (10 ms steps) at which each event happens: the sum of the shifts before it."""
-    steps = shift_steps(ids)
-    return np.concatenate([[0], np.cumsum(steps)[:-1]]) if len(steps) else steps
-
 
 def density_bin(note_ons: np.ndarray | int) -> np.ndarray:
     """Density bin 0..11 of a note-on count in a 2 s window."""
@@ -54,7 +38,7 @@ def controls_for(query_times: np.ndarray, query_ordinals: np.ndarray,
     with index >= query_ordinals[q] (those not yet played) whose time < query_times[q] + 2 s.
     """
     ev_ids = np.asarray(ev_ids, dtype=np.int64)
-    on = ev_ids < NOTE_ON_END
+    on = ev_ids < NOTE_OFF
     n = len(ev_ids)
     cum_on = np.zeros(n + 1, dtype=np.int64)
     cum_on[1:] = np.cumsum(on)

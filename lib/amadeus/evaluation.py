@@ -21,11 +21,11 @@ import pretty_midi
 
 from amadeus import codec, metrics
 from amadeus.checkpoint import PRECISIONS, checkpoint_path, load_model
-from amadeus.codec import VOCAB_SIZE  # the real event ids (PAD excluded): the floor draws from these uniformly
 from amadeus.data import load_split
 from amadeus.errors import UserError
 from amadeus.params import as_dict, build, knob, section
 from amadeus.showcase import output_dir
+from amadeus.vocab import VOCAB_SIZE  # the real event ids (PAD excluded): the floor draws from these uniformly
 from amadeus.windows import fixed_windows
 
 

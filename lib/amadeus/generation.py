@@ -26,7 +26,8 @@ import torch
 
 from amadeus.errors import UserError
 from amadeus.params import knob
-from amadeus.sampling import PAD_ID, TIME_SHIFT_FIRST, TIME_SHIFT_LAST, generate
+from amadeus.sampling import generate
+from amadeus.vocab import cut_seconds, event_seconds, strip_pad
 
 DEFAULT_FLAVOUR = "magenta"
 MidiLike = pretty_midi.PrettyMIDI | str | os.PathLike
@@ -57,38 +58,6 @@ class GenerateConfig:
     sample_rate: int = knob(44100, min=8000, max=192000)
     device: str = knob("cpu", choices=("auto", "cpu", "cuda"))
     threads: int = knob(1, min=0, help="torch CPU threads; batch-1 decoding is fastest on 1 (0 = torch's default)")
-
-
-# --- events and time ----------------------------------------------------------------------------
-
-def event_seconds(ids: np.ndarray | torch.Tensor) -> float:
-    """Seconds of music in an id sequence: the sum of its TIME_SHIFT events (PAD and others add 0)."""
-    ids = np.asarray(ids, dtype=np.int64)
-    shifts = ids[(ids >= TIME_SHIFT_FIRST) & (ids <= TIME_SHIFT_LAST)]
-    return float((shifts - (TIME_SHIFT_FIRST - 1)).sum()) / 100.0
-
-
-def cut_seconds(ids: np.ndarray, seconds: float) -> np.ndarray:
-    """The events of the first `seconds` of music; a TIME_SHIFT crossing the cut is shortened to end on it.
-
-    Notes still sounding at the cut stay open (no NOTE_OFF is invented), so a model continuing the
-    prompt sees it as the middle of a performance, as it was.
-    """
-    ids = np.asarray(ids, dtype=np.int64)
-    limit = round(seconds * 100)
-    steps = np.where((ids >= TIME_SHIFT_FIRST) & (ids <= TIME_SHIFT_LAST), ids - (TIME_SHIFT_FIRST - 1), 0)
-    before = np.concatenate([[0], np.cumsum(steps)[:-1]]) if len(ids) else np.zeros(0, np.int64)
-    keep = before < limit
-    out = ids[keep].copy()
-    if out.size and steps[keep][-1] and before[keep][-1] + steps[keep][-1] > limit:
-        out[-1] = (TIME_SHIFT_FIRST - 1) + (limit - before[keep][-1])
-    return out
-
-
-def strip_pad(ids: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Ids without PAD (rows that stopped early at max_seconds are padded with it)."""
-    ids = np.asarray(ids, dtype=np.int64)
-    return ids[ids < PAD_ID]
 
 
 # --- codec bridge --------------------------------------------------------------------------------

@@ -42,19 +42,22 @@ from typing import TYPE_CHECKING, Any
 import mido
 
 from amadeus.errors import UserError
+from amadeus.vocab import (
+    NOTE_OFF,
+    NOTE_ON,
+    STEP_SECONDS,
+    TIME_SHIFT,
+    TIME_SHIFT_LAST,
+    VELOCITY,
+    VELOCITY_LAST,
+    VOCAB_SIZE,
+)
 
 if TYPE_CHECKING:
     import pretty_midi
     import torch
 
     from amadeus.ports import Backend, MemoryInput, OutputPort
-
-# Contract vocabulary (DESIGN.md §3).
-NOTE_ON_FIRST, NOTE_OFF_FIRST = 0, 128
-TIME_SHIFT_FIRST, TIME_SHIFT_LAST = 256, 355  # k x 10 ms is 255 + k, k = 1..100
-VELOCITY_FIRST, VELOCITY_LAST = 356, 387  # bin b (1..32) is 355 + b
-VOCAB_SIZE = 388
-STEP_SECONDS = 0.01
 
 SUSTAIN = 64
 FAR_SECONDS = 5.0  # end given to keys/pedal still down when priming: later than any event still to come
@@ -204,14 +207,14 @@ class Codec:
         # answer sounds exactly as `amadeus generate` would write it: the velocity of each velocity id
         # (and before any), and how long a note may stay open.
         self.default_velocity = self._probe([])[0]
-        self.velocity = {tok: self._probe([tok])[0] for tok in range(VELOCITY_FIRST, VELOCITY_LAST + 1)}
+        self.velocity = {tok: self._probe([tok])[0] for tok in range(VELOCITY, VELOCITY_LAST + 1)}
         probe_steps = 20 * 100  # 20 s
         held = self._probe([], shifts=probe_steps // 100)[1]
         self.max_note_steps = held if held < probe_steps else 10**9
 
     def _probe(self, prefix: list[int], shifts: int = 1) -> tuple[int, int]:
         """(velocity, length in steps) of the one note in `prefix` + on(60) + shifts x 1 s + off(60)."""
-        pm = self.decode(prefix + [60] + [TIME_SHIFT_LAST] * shifts + [NOTE_OFF_FIRST + 60])
+        pm = self.decode(prefix + [60] + [TIME_SHIFT_LAST] * shifts + [NOTE_OFF + 60])
         notes = [n for inst in pm.instruments for n in inst.notes]
         if not notes:
             return 64, shifts * 100
@@ -235,8 +238,8 @@ def final_prefix(ids: Sequence[int], cutoff: float) -> int:
     step, end = 0, 0
     limit = cutoff / STEP_SECONDS
     for i, tok in enumerate(ids):
-        if TIME_SHIFT_FIRST <= tok <= TIME_SHIFT_LAST:
-            step += tok - TIME_SHIFT_FIRST + 1
+        if TIME_SHIFT <= tok <= TIME_SHIFT_LAST:
+            step += tok - TIME_SHIFT + 1
         elif step < limit:
             end = i + 1
         else:
@@ -270,17 +273,17 @@ class StreamDecoder:
         self.pending: list[tuple[str, int, int]] = []  # (kind, pitch, velocity) in the current step
 
     def push(self, tok: int) -> list[Note]:
-        if NOTE_ON_FIRST <= tok < NOTE_OFF_FIRST:
+        if NOTE_ON <= tok < NOTE_OFF:
             self.pending.append(("on", tok, self.velocity))
-        elif NOTE_OFF_FIRST <= tok < TIME_SHIFT_FIRST:
-            self.pending.append(("off", tok - NOTE_OFF_FIRST, 0))
-        elif TIME_SHIFT_FIRST <= tok <= TIME_SHIFT_LAST:
+        elif NOTE_OFF <= tok < TIME_SHIFT:
+            self.pending.append(("off", tok - NOTE_OFF, 0))
+        elif TIME_SHIFT <= tok <= TIME_SHIFT_LAST:
             out = self._flush()
-            new = self.step + tok - TIME_SHIFT_FIRST + 1
+            new = self.step + tok - TIME_SHIFT + 1
             out += self._expire(new)
             self.step = new
             return out
-        elif VELOCITY_FIRST <= tok <= VELOCITY_LAST:
+        elif VELOCITY <= tok <= VELOCITY_LAST:
             self.velocity = self.codec.velocity[tok]
         return []
 
@@ -648,11 +651,11 @@ class LiveSession:
         if n == len(ids):
             return None
         # The next event's time (phrase seconds): once the cutoff passes it, it can be fed.
-        step = sum(t - TIME_SHIFT_FIRST + 1 for t in ids[:n] if TIME_SHIFT_FIRST <= t <= TIME_SHIFT_LAST)
+        step = sum(t - TIME_SHIFT + 1 for t in ids[:n] if TIME_SHIFT <= t <= TIME_SHIFT_LAST)
         for t in ids[n:]:
-            if not TIME_SHIFT_FIRST <= t <= TIME_SHIFT_LAST:
+            if not TIME_SHIFT <= t <= TIME_SHIFT_LAST:
                 break
-            step += t - TIME_SHIFT_FIRST + 1
+            step += t - TIME_SHIFT + 1
         due = phrase.start + step * STEP_SECONDS + PRIME_MARGIN + 0.005
         return due if due < now + FAR_SECONDS / 2 else None  # a far end: a key or the pedal is still down
 
@@ -674,7 +677,7 @@ class LiveSession:
         if len(ids) == len(self.fed) and self.fed:
             return
         if len(ids) == len(self.fed):  # an empty encoding (cannot happen: the phrase has a note-on)
-            ids = [TIME_SHIFT_FIRST]
+            ids = [TIME_SHIFT]
         self._feed(ids[len(self.fed):])
 
     def _sample(self) -> int:

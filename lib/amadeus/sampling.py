@@ -28,12 +28,7 @@ import numpy as np
 import torch
 
 from amadeus.errors import UserError
-
-# Contract vocabulary (DESIGN.md §3); kept here too so sampling does not depend on the codec module.
-VOCAB_SIZE = 388
-PAD_ID = 388
-TIME_SHIFT_FIRST = 256  # TIME_SHIFT of k x 10 ms is id 255 + k, k = 1..100
-TIME_SHIFT_LAST = 355
+from amadeus.vocab import PAD_ID, STEPS_PER_SECOND, TIME_SHIFT, TIME_SHIFT_LAST
 
 PromptLike = torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]] | None
 
@@ -138,12 +133,12 @@ class _Clock:
     """Seconds of music per sequence, counted in 10 ms TIME_SHIFT steps, to stop at `max_seconds`."""
 
     def __init__(self, width: int, rows: int, max_seconds: float | None, device: torch.device):
-        self.limit = None if max_seconds is None else round(max_seconds * 100)
+        self.limit = None if max_seconds is None else round(max_seconds * STEPS_PER_SECOND)
         self.steps = torch.zeros(rows, dtype=torch.long, device=device)
         self.shift = torch.zeros(width, dtype=torch.long, device=device)
         last = min(TIME_SHIFT_LAST, width - 1)
-        if last >= TIME_SHIFT_FIRST:
-            self.shift[TIME_SHIFT_FIRST:last + 1] = torch.arange(1, last - TIME_SHIFT_FIRST + 2, device=device)
+        if last >= TIME_SHIFT:
+            self.shift[TIME_SHIFT:last + 1] = torch.arange(1, last - TIME_SHIFT + 2, device=device)
 
     def advance(self, tokens: torch.Tensor) -> torch.Tensor | None:
         """Add the tokens' time; return which rows have reached the limit (None without a limit)."""

@@ -22,12 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from amadeus.controls import SHIFT_LAST, WINDOW_STEPS, controls_for, event_times, shift_steps
+from amadeus.controls import WINDOW_STEPS, controls_for
+from amadeus.vocab import MAX_SHIFT_STEPS, NUM_PITCHES, SHIFT_1S, TIME_SHIFT, VOCAB_SIZE, event_times, shift_steps
 
 PIANO_LOW, PIANO_HIGH = 21, 108
-NOTE_END = 256  # ids below are note-on (p) or note-off (128 + p)
-MAX_SHIFT = 100  # steps per time-shift event
-VOCAB_SIZE = 388
 
 
 @dataclass
@@ -48,7 +46,7 @@ class Piece:
         steps = shift_steps(ids)
         times = event_times(ids)
         ns_idx = np.flatnonzero(steps == 0)
-        notes = ids[ids < NOTE_END] % 128
+        notes = ids[ids < TIME_SHIFT] % NUM_PITCHES
         low, high = (int(notes.min()), int(notes.max())) if len(notes) else (PIANO_LOW, PIANO_HIGH)
         end = int(times[-1] + steps[-1]) if len(ids) else 0
         return cls(ids, times, ns_idx, times[ns_idx], end, low, high)
@@ -67,14 +65,14 @@ def _shift_tokens(ev_ids: np.ndarray, ev_times: np.ndarray, t0: int) -> tuple[np
     """
     prev = np.concatenate([[t0], ev_times[:-1]])
     gap = ev_times - prev
-    full, rest = gap // MAX_SHIFT, gap % MAX_SHIFT
+    full, rest = gap // MAX_SHIFT_STEPS, gap % MAX_SHIFT_STEPS
     n_shift = full + (rest > 0)
     lengths = n_shift + 1
     cum = np.cumsum(lengths)
     g = np.repeat(np.arange(len(ev_ids)), lengths)
     o = np.arange(cum[-1] if len(cum) else 0) - (cum - lengths)[g]
-    tok = np.where(o == n_shift[g], ev_ids[g], np.where(o < full[g], SHIFT_LAST, SHIFT_LAST - MAX_SHIFT + rest[g]))
-    times = prev[g] + np.minimum(MAX_SHIFT * o, gap[g])
+    tok = np.where(o == n_shift[g], ev_ids[g], np.where(o < full[g], SHIFT_1S, SHIFT_1S - MAX_SHIFT_STEPS + rest[g]))
+    times = prev[g] + np.minimum(MAX_SHIFT_STEPS * o, gap[g])
     keep = tok >= 0
     return tok[keep], times[keep], g[keep]
 
@@ -113,7 +111,7 @@ def make_window(piece: Piece, start: int, length: int, transpose: int = 0, stret
             return None
         tok, times, ordinals = tok[:length], times[:length], ordinals[:length]
     if transpose:
-        tok = np.where(tok < NOTE_END, tok + transpose, tok)
+        tok = np.where(tok < TIME_SHIFT, tok + transpose, tok)
     if not controls:
         return tok, None
     # The 2 s ahead of the last token may reach past the window: take the piece's events up to there.
@@ -121,7 +119,7 @@ def make_window(piece: Piece, start: int, length: int, transpose: int = 0, stret
     b = int(np.searchsorted(piece.ns_time, horizon, side="left"))
     ev_ids = piece.ids[piece.ns_idx[a:b]]
     if transpose:
-        ev_ids = np.where(ev_ids < NOTE_END, ev_ids + transpose, ev_ids)
+        ev_ids = np.where(ev_ids < TIME_SHIFT, ev_ids + transpose, ev_ids)
     ev_times = piece.ns_time[a:b] if stretch == 1.0 else np.rint(piece.ns_time[a:b] * stretch).astype(np.int64)
     return tok, controls_for(times, ordinals, ev_times, ev_ids)
 

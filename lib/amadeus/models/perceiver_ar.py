@@ -34,15 +34,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amadeus.params import knob
-
-PAD_ID = 388
+from amadeus.vocab import PAD_ID, SHIFT_1S, VOCAB_SIZE
 
 
 @dataclass
 class PerceiverARConfig:
     """Defaults: a small model (about 1.4M parameters) sized to learn within minutes on a CPU;
     `sam_giant_midi_config()` is the released 134M one."""
-    vocab_size: int = knob(389, min=2, help="388 performance events + PAD")
+    vocab_size: int = knob(VOCAB_SIZE + 1, min=2, help="388 performance events + PAD")
     max_seq_len: int = knob(256, min=2, help="window length n = prefix + latents")
     max_latents: int = knob(128, min=1, help="latent positions m (the ones that get logits)")
     num_channels: int = knob(192, min=2)
@@ -175,7 +174,7 @@ class PerceiverAR(nn.Module):
     family = "perceiver_ar"
     # Generation from nothing starts from a 1 s time shift (a moment of silence); amadeus.sampling
     # feeds it as the prompt and leaves it out of the result.
-    bos_id = 355
+    bos_id = SHIFT_1S
     Config = PerceiverARConfig
     uses_controls = False
 
@@ -456,4 +455,4 @@ def sam_giant_midi_config() -> PerceiverARConfig:
                              output_bias=False, init_scale=0.02)
 
 
-__all__ = ["PAD_ID", "PerceiverAR", "PerceiverARConfig", "count_parameters", "sam_giant_midi_config"]
+__all__ = ["PerceiverAR", "PerceiverARConfig", "count_parameters", "sam_giant_midi_config"]

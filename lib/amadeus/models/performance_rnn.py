@@ -30,9 +30,7 @@ from torch import nn
 from amadeus.controls import CONTROL_DIM
 from amadeus.models.gru_step import GRUStepPlan
 from amadeus.params import knob
-
-VOCAB_SIZE = 388
-TIME_SHIFT_1S = 355  # TIME_SHIFT k=100 (REFERENCE.md §1.1)
+from amadeus.vocab import SHIFT_1S, VOCAB_SIZE
 
 
 @dataclass
@@ -45,7 +43,7 @@ class PerformanceRNNConfig:
     controls: bool = knob(True, help="condition on pitch-class histogram + note density of the next 2 s")
     control_dropout: float = knob(0.5, min=0.0, max=1.0,
                                   help="fraction of training windows shown without controls")
-    start_id: int = knob(TIME_SHIFT_1S, min=0, max=VOCAB_SIZE - 1, help="event fed before the first one")
+    start_id: int = knob(SHIFT_1S, min=0, max=VOCAB_SIZE - 1, help="event fed before the first one")
 
 
 class RNNState(NamedTuple):

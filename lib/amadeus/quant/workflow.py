@@ -26,7 +26,8 @@ from amadeus.hardware import machine
 from amadeus.params import as_dict, build, knob, section
 from amadeus.quant.convert import calibration_model, quantize_model, state_bytes
 from amadeus.quant.stats import StatsCollector
-from amadeus.sampling import VOCAB_SIZE, draw
+from amadeus.sampling import draw
+from amadeus.vocab import PAD_ID, SHIFT_1S, VOCAB_SIZE
 
 
 @dataclass
@@ -119,7 +120,7 @@ def generate_tokens(model: nn.Module, tokens: int, seed: int = 0) -> float:
     returns tokens/s."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    prompt = torch.full((1, 1), 355, dtype=torch.long)  # a 1 s time shift: valid in every family
+    prompt = torch.full((1, 1), SHIFT_1S, dtype=torch.long)  # a 1 s time shift: valid in every family
     logits, state = model.prefill(prompt)
     start = time.perf_counter()
     for _ in range(tokens):
@@ -207,7 +208,7 @@ def int8_with_random_calibration(model: nn.Module, seed: int = 0) -> nn.Module:
     """An int8 copy of `model` with static ranges from 4 random windows: for speed benchmarks,
     where the weights are random too and only the arithmetic matters."""
     rng = np.random.default_rng(seed)
-    windows = [(torch.from_numpy(rng.integers(0, 388, (4, 201))), None) for _ in range(4)]
+    windows = [(torch.from_numpy(rng.integers(0, PAD_ID, (4, 201))), None) for _ in range(4)]
     q = copy.deepcopy(model)
     quantize_model(q, calibrate(model, windows))
     return q.eval()
