@@ -25,6 +25,7 @@ import pretty_midi
 import torch
 
 from amadeus.errors import UserError
+from amadeus.hardware import resolve_device
 from amadeus.params import knob
 from amadeus.sampling import generate
 from amadeus.vocab import cut_seconds, event_seconds, strip_pad
@@ -101,8 +102,7 @@ def load(model_or_checkpoint: torch.nn.Module | str | os.PathLike | Loaded, devi
         return Loaded(model, getattr(model, "family", type(model).__name__), flavour or DEFAULT_FLAVOUR, "fp32")
     from amadeus.checkpoint import load_model
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device) if isinstance(device, str) else device
     path = Path(model_or_checkpoint)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found (train one with `dvc repro`, or pass a .sess file)")

@@ -26,6 +26,7 @@ from amadeus.checkpoint import checkpoint_path
 from amadeus.errors import UserError
 from amadeus.fileio import atomic_open, write_json
 from amadeus.generation import GenerateConfig, Loaded, continue_midi, cut_seconds, decode_ids, encode_midi, load
+from amadeus.hardware import resolve_device
 from amadeus.params import as_dict, build, section
 
 Prompt = tuple[str, str, np.ndarray | None]  # (piece name, where it came from, prompt ids or None)
@@ -151,9 +152,7 @@ def generate_showcase(family: str, params: dict, root: Path = Path("."), quiet: 
     max_note_seconds = float((params.get("codec") or {}).get("max_note_seconds", 5.0))
     if config.threads:
         torch.set_num_threads(config.threads)  # batch 1: extra threads only contend (REFERENCE.md §8)
-    device = config.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(config.device, "params.yaml: generate.device")
     if config.render:
         from amadeus.render import ensure_fluidsynth
 

@@ -41,6 +41,7 @@ from torch import nn
 from amadeus import checkpoint
 from amadeus.errors import UserError
 from amadeus.fileio import atomic_open, write_json
+from amadeus.hardware import resolve_device
 from amadeus.models import FAMILIES, build_config, build_model, parameter_count
 from amadeus.params import as_dict, build, knob
 from amadeus.windows import WindowSampler, fixed_windows, unigram_nll
@@ -103,14 +104,6 @@ class Outputs:
     tensorboard: Path | None = None  # runs/<family>/
     plots: Path | None = None        # output/plots/train_<family>.csv
     metrics: Path | None = None      # output/metrics/train_<family>.json
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("params.yaml: train device is cuda but no CUDA device is available; use auto or cpu")
-    return torch.device(name)
 
 
 def autocast(device: torch.device, cfg: TrainConfig) -> contextlib.AbstractContextManager:
@@ -269,7 +262,7 @@ def train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
 def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig, train_arrays: list[np.ndarray],
            val_arrays: list[np.ndarray], out: Outputs, params: dict, progress: bool,
            on_step: Callable[[int, float], bool | None] | None) -> dict:
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "params.yaml: train.device")
     torch.manual_seed(cfg.seed)
     config = build_config(family, model_config)
     model_cfg = as_dict(config)
@@ -459,4 +452,4 @@ def _write_outputs(out: Outputs, history: list, metrics: dict) -> None:
 
 
 __all__ = ["BUDGET_KEYS", "Outputs", "TrainConfig", "autocast", "evaluate", "lr_factor", "make_optimizer",
-           "resolve_device", "train", "train_config"]
+           "train", "train_config"]
