@@ -13,7 +13,10 @@ goes to reading the weights and to per-op dispatch (1-3 us per torch call). The 
   the two weight matrices stacked into one (`Int8Linear.stack`), instead of twice. The state
   therefore carries each layer's hidden gates for the next step along with h.
 
-Works on `nn.GRU` (fp32, the trained model) and on `amadeus.quant`'s `DecomposedGRU` (int8).
+Works on `nn.GRU` (fp32, the trained model) and on `amadeus.quant`'s `DecomposedGRU` (int8). The
+models do not know the int8 types: a projection that offers `forward_2d` (and a class-level `stack`
+of two projections) is used through those, and a GRU's `step_dtype` says how its gate arithmetic
+runs. So `amadeus.quant` builds on this module and never the other way round.
 """
 
 from __future__ import annotations
@@ -67,9 +70,7 @@ def _fast(m: nn.Module | _RawLinear) -> Projection:
     batch 1 that streams the weights at up to ~1.8x the rate of F.linear's [out, in] layout once
     they no longer fit in cache (bench/generate.py; 27 vs 15 GB/s on this project's EPYC VM).
     """
-    from amadeus.quant.modules import Int8Linear  # (amadeus.quant imports this module)
-
-    if isinstance(m, Int8Linear):
+    if hasattr(m, "forward_2d"):  # an int8 projection applies itself best
         return m.forward_2d
     if isinstance(m, (_RawLinear, nn.Linear)):
         weight_t = m.weight.detach().t().contiguous()
@@ -81,10 +82,8 @@ def _fast(m: nn.Module | _RawLinear) -> Projection:
 
 def _both(first: nn.Module | _RawLinear, second: nn.Module | _RawLinear) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """x -> (first(x), second(x)): one int8 matmul over both weights when both quantize x alike."""
-    from amadeus.quant.modules import Int8Linear
-
-    stacked = Int8Linear.stack(first, second) \
-        if isinstance(first, Int8Linear) and isinstance(second, Int8Linear) else None
+    stack = getattr(type(first), "stack", None) if type(first) is type(second) else None
+    stacked = stack(first, second) if stack is not None else None
     if stacked is not None:
         n = first.out_features
 
@@ -107,11 +106,7 @@ class GRUStepPlan:
 
     def __init__(self, gru: nn.Module, head: nn.Module) -> None:
         layers = _gate_projections(gru)
-        self.dtype = torch.float32
-        if not isinstance(gru, nn.GRU):
-            from amadeus.quant.modules import eltwise_dtype
-
-            self.dtype = eltwise_dtype(gru.eltwise_dtype, gru.cells[0].fc_gate_h.weight.device)
+        self.dtype = getattr(gru, "step_dtype", torch.float32)
         self.input_gates: Projection = _fast(layers[0][0])  # layer 0, [N, input_size] -> [N, 3H]: the table
         self.hidden_gates: list[Projection] = [_fast(ph) for _, ph in layers]
         consumers = [px for px, _ in layers[1:]] + [head]  # who reads each layer's new h

@@ -316,6 +316,11 @@ class DecomposedGRU(nn.Module):
     def quantized(self) -> bool:
         return isinstance(self.cells[0].fc_gate_h, Int8Linear)
 
+    @property
+    def step_dtype(self) -> torch.dtype:
+        """The dtype of the gate arithmetic (read by amadeus.models.gru_step's plan)."""
+        return eltwise_dtype(self.eltwise_dtype, self.cells[0].fc_gate_h.weight.device)
+
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, _ = x.shape
         if h0 is None:
