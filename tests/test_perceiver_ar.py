@@ -10,17 +10,18 @@ import pytest
 import torch
 
 from amadeus.errors import UserError
+from amadeus.models import parameter_count
 from amadeus.models.perceiver_ar import (
     PerceiverAR,
     PerceiverARConfig,
-    count_parameters,
     rotate_pairs,
     sam_giant_midi_config,
 )
 from amadeus.params import build
+from amadeus.vocab import PAD_ID
 
 FIXTURE = Path(__file__).parent / "fixtures" / "perceiver_io"
-PAD = 388
+PAD = PAD_ID
 
 
 def tiny(**kw) -> PerceiverAR:
@@ -38,11 +39,11 @@ def tiny(**kw) -> PerceiverAR:
 
 def test_released_config_has_exactly_134_840_832_parameters():
     with torch.device("meta"):
-        assert count_parameters(PerceiverAR(sam_giant_midi_config())) == 134_840_832
+        assert parameter_count(PerceiverAR(sam_giant_midi_config())) == 134_840_832
         # REFERENCE.md §3.2: C 512, 8 layers (MAESTRO example) is 28,531,712
         cfg = PerceiverARConfig(max_seq_len=2048, max_latents=1024, num_channels=512, num_heads=8,
                                 num_self_attention_layers=8)
-        assert count_parameters(PerceiverAR(cfg)) == 28_531_712
+        assert parameter_count(PerceiverAR(cfg)) == 28_531_712
 
 
 def test_config_is_validated_from_params():

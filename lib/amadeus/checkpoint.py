@@ -20,7 +20,7 @@ from torch import nn
 
 from amadeus.errors import UserError
 from amadeus.fileio import atomic_open
-from amadeus.models import build_model, parameter_count
+from amadeus.models import build_model, parameter_count, parameter_count_of
 
 FORMAT = "amadeus.sess/1"
 PRECISIONS = ("fp32", "int8")
@@ -96,9 +96,9 @@ def describe(path: str | os.PathLike) -> str:
     """What `amadeus info` prints: family, precision, step, parameter count, config, params used."""
     ckpt = load(path)
     try:
-        n_params = f"{parameter_count(build_model(ckpt['family'], ckpt['config'])):,}"
+        n_params = f"{parameter_count_of(ckpt['family'], ckpt['config']):,}"
     except UserError:  # family code unavailable: count the stored tensors instead
-        n_params = f"{sum(t.numel() for t in ckpt['model'].values() if torch.is_tensor(t)):,} (stored tensors)"
+        n_params = f"{parameter_count(ckpt['model']):,} (stored tensors)"
     lines = [
         f"file:        {path} ({Path(path).stat().st_size:,} bytes)",
         f"format:      {ckpt['format']}",

@@ -17,6 +17,7 @@ import torch
 
 from amadeus.errors import UserError, exits_cleanly
 from amadeus.fileio import atomic_open
+from amadeus.models import parameter_count
 from amadeus.models.perceiver_ar import PerceiverAR, PerceiverARConfig
 from amadeus.params import as_dict
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("dst", type=Path, help="the .sess file to write")
     args = ap.parse_args(argv)
     ckpt = import_perceiver_io(args.src, args.dst)
-    n = sum(t.numel() for t in ckpt["model"].values())
+    n = parameter_count(ckpt["model"])
     print(f"{args.dst}: perceiver_ar, {n:,} parameters, codec flavour perceiver-io")
 
 

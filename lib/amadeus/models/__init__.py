@@ -1,4 +1,4 @@
-"""The model families, by name. Every family follows the protocol of DESIGN.md §3 / common brief:
+"""The model families, by name. Every family follows the protocol of docs/contracts.md:
 
 `Model(config)` with `Model.Config` (a params dataclass) and `model.family`; `forward(ids) -> logits`;
 `loss(ids [B,W+1], controls=None) -> mean NLL (nats/event)`; `prefill(ids, **kw) -> (logits [B,V],
@@ -60,5 +60,16 @@ def build_model(family: str, config: Mapping[str, Any] | Any) -> nn.Module:
     return model_class(family)(build_config(family, config))
 
 
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def parameter_count(model: nn.Module | Mapping[str, Any]) -> int:
+    """Parameters of a model, or the elements of the tensors in a state dict."""
+    if isinstance(model, nn.Module):
+        return sum(p.numel() for p in model.parameters())
+    return sum(t.numel() for t in model.values() if hasattr(t, "numel"))
+
+
+def parameter_count_of(family: str, config: Mapping[str, Any] | Any) -> int:
+    """Parameters a model of `family` with `config` would have, counted without allocating it."""
+    import torch
+
+    with torch.device("meta"):
+        return parameter_count(build_model(family, config))

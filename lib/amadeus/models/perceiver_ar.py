@@ -443,9 +443,6 @@ class PerceiverAR(nn.Module):
         return self._logits(h[:, -1]), state
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
 
 def sam_giant_midi_config() -> PerceiverARConfig:
     """The released krasserm/perceiver-ar-sam-giant-midi configuration (REFERENCE.md §3.1)."""
@@ -455,4 +452,4 @@ def sam_giant_midi_config() -> PerceiverARConfig:
                              output_bias=False, init_scale=0.02)
 
 
-__all__ = ["PerceiverAR", "PerceiverARConfig", "count_parameters", "sam_giant_midi_config"]
+__all__ = ["PerceiverAR", "PerceiverARConfig", "sam_giant_midi_config"]
