@@ -35,11 +35,11 @@ from amadeus.vocab import SHIFT_1S, VOCAB_SIZE
 
 @dataclass
 class PerformanceRNNConfig:
-    embed_dim: int = knob(128, min=1, help="event embedding width")
-    input_size: int = knob(256, min=1, help="GRU input width (Linear + LeakyReLU from embedding+controls)")
-    hidden_size: int = knob(256, min=1, help="GRU hidden width")
+    embed_dim: int = knob(256, min=1, help="event embedding width")
+    input_size: int = knob(512, min=1, help="GRU input width (Linear + LeakyReLU from embedding+controls)")
+    hidden_size: int = knob(768, min=1, help="GRU hidden width")
     num_layers: int = knob(2, min=1, max=16)
-    dropout: float = knob(0.0, min=0.0, lt=1.0, help="between GRU layers and before the head")
+    dropout: float = knob(0.1, min=0.0, lt=1.0, help="between GRU layers and before the head")
     controls: bool = knob(True, help="condition on pitch-class histogram + note density of the next 2 s")
     control_dropout: float = knob(0.5, min=0.0, max=1.0,
                                   help="fraction of training windows shown without controls")
