@@ -326,6 +326,23 @@ class PerceiverAR(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100)
 
     @torch.no_grad()
+    def score(self, ids: Tensor) -> Tensor:
+        """Teacher-forced logits [N, V] for every event of one long sequence ids [N].
+
+        Event t is predicted from the max_seq_len events before it (the start token stands before
+        the first), in blocks of max_latents targets: each block is one forward pass whose latents
+        are exactly those targets' positions, as in training.
+        """
+        cfg = self.config
+        inputs = torch.cat([ids.new_full((1,), self.bos_id), ids[:-1]]).long()
+        out = []
+        for s in range(0, len(ids), cfg.max_latents):
+            e = min(s + cfg.max_latents, len(ids))
+            window = inputs[max(0, e - cfg.max_seq_len):e][None]
+            out.append(self.forward(window, window.shape[1] - (e - s))[0])
+        return torch.cat(out) if out else inputs.new_zeros(0, cfg.vocab_size, dtype=torch.float32)
+
+    @torch.no_grad()
     def prefill(self, ids: Tensor, num_latents: int = 1, pad_mask: Tensor | None = None,
                 use_cache: bool = True) -> tuple[Tensor, dict]:
         """Start generation from prompts ids [B, T] (left-padded with pad_id).

@@ -145,6 +145,12 @@ class PerformanceRNN(nn.Module):
         logits = self.head(self.drop(out))
         return F.cross_entropy(logits.float().reshape(-1, VOCAB_SIZE), ids.reshape(-1))
 
+    @torch.no_grad()
+    def score(self, ids: torch.Tensor, controls: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits [N, 388] for every event of one long sequence ids [N] (one pass)."""
+        logits, _ = self.run(self.shifted_inputs(ids.long()[None]), controls)
+        return logits[0]
+
     # --- generation protocol (used by amadeus.sampling) -------------------------------------------
 
     def prefill(self, ids: torch.Tensor, controls: torch.Tensor | None = None) -> tuple[torch.Tensor, RNNState]:
