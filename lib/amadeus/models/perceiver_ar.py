@@ -329,16 +329,16 @@ class PerceiverAR(nn.Module):
     def score(self, ids: Tensor) -> Tensor:
         """Teacher-forced logits [N, V] for every event of one long sequence ids [N].
 
-        Event t is predicted from the max_seq_len events before it (the start token stands before
-        the first), in blocks of max_latents targets: each block is one forward pass whose latents
-        are exactly those targets' positions, as in training.
+        Events are predicted in blocks of max_latents targets, each block one forward pass whose
+        latents are exactly those targets' positions and whose prefix is the max_prefix_len events
+        before them, as in training (the start token stands before the first event).
         """
         cfg = self.config
         inputs = torch.cat([ids.new_full((1,), self.bos_id), ids[:-1]]).long()
         out = []
         for s in range(0, len(ids), cfg.max_latents):
             e = min(s + cfg.max_latents, len(ids))
-            window = inputs[max(0, e - cfg.max_seq_len):e][None]
+            window = inputs[max(0, s - self.max_prefix_len):e][None]
             out.append(self.forward(window, window.shape[1] - (e - s))[0])
         return torch.cat(out) if out else inputs.new_zeros(0, cfg.vocab_size, dtype=torch.float32)
 
