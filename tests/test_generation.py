@@ -19,7 +19,7 @@ from amadeus import codec
 from amadeus.errors import UserError
 from amadeus.generation import continue_midi
 from amadeus.models.performance_rnn import PerformanceRNN, PerformanceRNNConfig
-from amadeus.showcase import generate_showcase
+from amadeus.pipeline import generate as generate_stage
 from amadeus.vocab import cut_seconds, event_seconds, strip_pad
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ def test_generate_stage_writes_pieces_index_and_metrics(tmp_path, checkpoint):
         "max_new_tokens": 120, "seconds": None, "render": True,
         "model_kwargs": {"perceiver_ar": {"num_latents": 1}}}}
     logs: list[str] = []
-    metrics = generate_showcase("performance_rnn", params, root=tmp_path, quiet=True, log=logs.append)
+    metrics = generate_stage.run(params, tmp_path, "performance_rnn", quiet=True, log=logs.append)
 
     out = tmp_path / "output" / "performance_rnn" / "fp32"
     index = json.loads((out / "index.json").read_text())
@@ -217,13 +217,14 @@ def test_generate_stage_writes_pieces_index_and_metrics(tmp_path, checkpoint):
 def test_generate_stage_names_a_missing_checkpoint(tmp_path):
     params = {"generate": {"precisions": ["fp32", "int8"], "test_prompts": 0, "render": False}}
     with pytest.raises(UserError, match=r"performance_rnn\.sess: checkpoint not found"):
-        generate_showcase("performance_rnn", params, root=tmp_path, quiet=True)
+        generate_stage.run(params, tmp_path, "performance_rnn", quiet=True)
     with pytest.raises(UserError, match="generate.top_p"):
-        generate_showcase("performance_rnn", {"generate": {"top_p": 2.0}}, root=tmp_path, quiet=True)
+        generate_stage.run({"generate": {"top_p": 2.0}}, tmp_path, "performance_rnn", quiet=True)
 
 
 def test_generate_stage_script_runs_and_fails_cleanly(tmp_path, checkpoint):
-    """stages/generate.py only wraps amadeus.showcase: one line per precision; a missing checkpoint is one line."""
+    """stages/generate.py only wraps amadeus.pipeline.generate: one line per precision; a missing
+    checkpoint is one line."""
     import yaml
 
     params = {"generate": {"precisions": ["fp32"], "unconditioned": 1, "test_prompts": 0, "max_new_tokens": 20,

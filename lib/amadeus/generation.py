@@ -26,39 +26,11 @@ import torch
 
 from amadeus.errors import UserError
 from amadeus.hardware import resolve_device
-from amadeus.params import knob
 from amadeus.sampling import generate
 from amadeus.vocab import cut_seconds, event_seconds, strip_pad
 
 DEFAULT_FLAVOUR = "magenta"
 MidiLike = pretty_midi.PrettyMIDI | str | os.PathLike
-
-
-@dataclass
-class GenerateConfig:
-    """params.yaml `generate`: what the generate@<family> stage makes, and how it samples."""
-
-    precisions: list[str] = knob(["fp32", "int8"], choices=("fp32", "int8"),
-                                 help="checkpoints to generate with: save/<family>.sess, save/<family>.int8.sess")
-    unconditioned: int = knob(2, min=0, help="pieces generated from nothing")
-    test_prompts: int = knob(4, min=0, help="continue the first N test-split pieces (0 = none)")
-    prompt_seconds: float = knob(5.0, gt=0, help="prompt = the first seconds of each test piece")
-    input_dir: str = knob("input", help="every .mid/.midi file here is continued too (whole file as prompt)")
-    max_new_tokens: int = knob(2000, min=1, help="at most this many new events per piece")
-    seconds: float | None = knob(20.0, gt=0, help="stop a piece at this many seconds of new music (null = off)")
-    do_sample: bool = knob(True)
-    temperature: float = knob(1.0, gt=0)
-    top_k: int = knob(0, min=0, help="0 = off")
-    top_p: float = knob(0.95, gt=0, max=1, help="1.0 = off")
-    num_beams: int = knob(1, min=1)
-    seed: int = knob(0, help="piece i is sampled with seed + i")
-    model_kwargs: dict[str, dict] = knob({}, help="per family, extra prefill arguments, "
-                                                  "e.g. perceiver_ar: {num_latents: 1}")
-    render: bool = knob(True, help="write a WAV and a piano-roll PNG of every piece")
-    soundfont: str | None = knob(None, help="an .sf2 file; null = pretty_midi's TimGM6mb.sf2")
-    sample_rate: int = knob(44100, min=8000, max=192000)
-    device: str = knob("cpu", choices=("auto", "cpu", "cuda"))
-    threads: int = knob(1, min=0, help="torch CPU threads; batch-1 decoding is fastest on 1 (0 = torch's default)")
 
 
 # --- codec bridge --------------------------------------------------------------------------------

@@ -1,19 +1,18 @@
-"""The generate stage's showcase: a fixed set of pieces per checkpoint, written to output/<family>/<precision>/.
-
-Named for what it makes (not `pieces`, which the dataset manifests already mean; not `generation`, the
-MIDI-level API this builds on).
+"""Stage generate@<family>: save/<family>[.int8].sess -> output/<family>/<precision>/ + metrics.
 
 For each precision in `generate.precisions`: `generate.unconditioned` pieces from nothing, then
 continuations of the first `prompt_seconds` of the first `test_prompts` test-split pieces, then of
 every MIDI file in `input_dir`. Per piece NAME: NAME.mid (the continuation), NAME.full.mid (prompt +
 continuation), NAME.wav and NAME.png of the latter (boundary marked), NAME.npy (the new event ids,
-uint16) and a line in index.json. Metrics: output/metrics/generate_<family>.json.
+uint16) and a line in index.json. Metrics: output/metrics/generate_<family>.json. The pieces are made
+with amadeus.generation.continue_midi, the MIDI-level API.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +21,42 @@ import torch
 from tqdm import tqdm
 
 from amadeus import data
-from amadeus.checkpoint import checkpoint_path
 from amadeus.errors import UserError
 from amadeus.fileio import atomic_open, write_json
-from amadeus.generation import GenerateConfig, Loaded, continue_midi, cut_seconds, decode_ids, encode_midi, load
+from amadeus.generation import Loaded, continue_midi, cut_seconds, decode_ids, encode_midi, load
 from amadeus.hardware import resolve_device
-from amadeus.params import as_dict, build, section
+from amadeus.params import as_dict, build, knob, section
+from amadeus.pipeline import paths
+
+
+@dataclass
+class GenerateConfig:
+    """params.yaml `generate`: what the generate@<family> stage makes, and how it samples."""
+
+    precisions: list[str] = knob(["fp32", "int8"], choices=("fp32", "int8"),
+                                 help="checkpoints to generate with: save/<family>.sess, save/<family>.int8.sess")
+    unconditioned: int = knob(2, min=0, help="pieces generated from nothing")
+    test_prompts: int = knob(4, min=0, help="continue the first N test-split pieces (0 = none)")
+    prompt_seconds: float = knob(5.0, gt=0, help="prompt = the first seconds of each test piece")
+    input_dir: str = knob("input", help="every .mid/.midi file here is continued too (whole file as prompt)")
+    max_new_tokens: int = knob(2000, min=1, help="at most this many new events per piece")
+    seconds: float | None = knob(20.0, gt=0, help="stop a piece at this many seconds of new music (null = off)")
+    do_sample: bool = knob(True)
+    temperature: float = knob(1.0, gt=0)
+    top_k: int = knob(0, min=0, help="0 = off")
+    top_p: float = knob(0.95, gt=0, max=1, help="1.0 = off")
+    num_beams: int = knob(1, min=1)
+    seed: int = knob(0, help="piece i is sampled with seed + i")
+    model_kwargs: dict[str, dict] = knob({"perceiver_ar": {"num_latents": 1}},
+                                         help="per family, extra prefill arguments")
+    render: bool = knob(True, help="write a WAV and a piano-roll PNG of every piece")
+    soundfont: str | None = knob(None, help="an .sf2 file; null = pretty_midi's TimGM6mb.sf2")
+    sample_rate: int = knob(44100, min=8000, max=192000)
+    device: str = knob("cpu", choices=("auto", "cpu", "cuda"))
+    threads: int = knob(1, min=0, help="torch CPU threads; batch-1 decoding is fastest on 1 (0 = torch's default)")
+
 
 Prompt = tuple[str, str, np.ndarray | None]  # (piece name, where it came from, prompt ids or None)
-
-
-def output_dir(root: Path, family: str, precision: str) -> Path:
-    """Where the pieces of one checkpoint go (and where the evaluate stage reads them)."""
-    return root / "output" / family / precision
 
 
 def _safe(name: str) -> str:
@@ -48,7 +70,7 @@ def collect_prompts(root: Path, datasets: list[str], config: GenerateConfig, fla
     prompts: list[Prompt] = [(f"uncond_{i:02d}", "unconditioned", None) for i in range(config.unconditioned)]
     remaining = config.test_prompts
     for name in datasets:
-        folder = root / "dataset" / "processed" / name
+        folder = paths.processed_dir(name, root)
         manifest = data.read_manifest(folder)
         data_flavour = (manifest.get("codec") or {}).get("flavour", flavour)
         for piece in manifest["pieces"]:
@@ -70,7 +92,7 @@ def collect_prompts(root: Path, datasets: list[str], config: GenerateConfig, fla
         source = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
         try:
             ids = encode_midi(path, flavour)
-        except Exception as e:  # a broken file is skipped with its reason, never fatal (DESIGN.md §4)
+        except Exception as e:  # a broken file is skipped with its reason, never fatal (docs/contracts.md)
             log(f"generate: skipping {source}: {e}")
             skipped.append(f"{source}: {e}")
             continue
@@ -143,15 +165,15 @@ def summarize(pieces: list[dict]) -> dict[str, float | int]:
             "real_time_factor": round(music / compute, 2) if compute else 0.0}
 
 
-def generate_showcase(family: str, params: dict, root: Path = Path("."), quiet: bool = False,
-                      log=print) -> dict:
+def run(params: dict, root: Path, family: str, *, quiet: bool = False, log=print) -> dict:
     """The whole generate@<family> stage: pieces of every precision, then the metrics file; returns the metrics."""
+    root = Path(root)
     config = build(GenerateConfig, section(params, "generate"), "generate")
     datasets = list(params.get("datasets") or []) if config.test_prompts else []
     # decoding closes notes left open after this long, as everywhere else in the pipeline
     max_note_seconds = float((params.get("codec") or {}).get("max_note_seconds", 5.0))
     if config.threads:
-        torch.set_num_threads(config.threads)  # batch 1: extra threads only contend (REFERENCE.md §8)
+        torch.set_num_threads(config.threads)  # batch 1: extra threads only contend
     device = resolve_device(config.device, "params.yaml: generate.device")
     if config.render:
         from amadeus.render import ensure_fluidsynth
@@ -159,13 +181,13 @@ def generate_showcase(family: str, params: dict, root: Path = Path("."), quiet: 
         ensure_fluidsynth()  # one line saying how to install it, before any model work
     metrics: dict[str, Any] = {}
     for precision in config.precisions:
-        path = checkpoint_path(family, precision, root)
+        path = paths.checkpoint(family, precision, root)
         if not path.is_file():
             raise UserError(f"{path}: checkpoint not found; run `dvc repro` (train/quantize {family}) "
                             f"or drop {precision} from generate.precisions")
         loaded = load(path, device)
         prompts, skipped = collect_prompts(root, datasets, config, loaded.flavour, log=log)
-        index = write_pieces(loaded, prompts, output_dir(root, family, precision), config, family, quiet,
+        index = write_pieces(loaded, prompts, paths.pieces_dir(family, precision, root), config, family, quiet,
                              max_note_seconds, skipped)
         metrics[precision] = {**summarize(index["pieces"]), "skipped": len(skipped)}
         m = metrics[precision]
@@ -175,5 +197,5 @@ def generate_showcase(family: str, params: dict, root: Path = Path("."), quiet: 
     # The contract keys at the top level describe the first precision listed (fp32 by default).
     first = config.precisions[0] if config.precisions else None
     result = {**(metrics[first] if first else summarize([])), "precision": first, **metrics}
-    write_json(root / "output" / "metrics" / f"generate_{family}.json", result)
+    write_json(paths.metrics_file("generate", family, root), result)
     return result
