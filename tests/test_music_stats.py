@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amadeus import codec, metrics
+from amadeus import codec, metrics, vocab
 from amadeus import music_stats as S
 from amadeus.keys import Key
 from amadeus.vocab import NOTE_OFF, NOTE_ON, PAD_ID, SHIFT_1S, TIME_SHIFT, VELOCITY, VOCAB_SIZE, shift_id
@@ -278,3 +278,91 @@ def test_nll_by_class_covers_the_vocabulary_and_flags_empty_classes():
     assert math.isnan(only_shifts["velocity"]["mean_nll"]) and only_shifts["velocity"]["count"] == 0
     with pytest.raises(ValueError, match="targets"):
         S.nll_by_class(np.ones(3), np.ones(4, dtype=int))
+
+
+def test_event_class_names_every_id_and_nothing_else():
+    assert vocab.event_class(np.array([NOTE_ON, NOTE_OFF - 1, NOTE_OFF, TIME_SHIFT, SHIFT_1S, VELOCITY,
+                                       VOCAB_SIZE - 1])).tolist() == [0, 0, 1, 2, 2, 3, 3]
+    assert vocab.event_class(np.array([PAD_ID, -1, 1000])).tolist() == [-1, -1, -1]
+    assert list(S.EVENT_CLASSES) == ["note_on", "note_off", "time_shift", "velocity"]
+
+
+# ------------------------------------------------------------------ shared runs: one index, many queries
+
+
+def test_one_shared_run_index_answers_many_queries_as_fresh_ones_do():
+    rng = np.random.default_rng(2)
+    pieces = [rng.integers(0, 5, rng.integers(5, 60)) for _ in range(4)]
+    index = S.SharedRunIndex(pieces, keep_lengths=2)  # tiny cache: lengths are evicted and rebuilt
+    for _ in range(30):
+        gen = rng.integers(0, 5, rng.integers(1, 70))
+        expected = brute_force_shared_run(gen.tolist(), [p.tolist() for p in pieces])
+        assert index.longest(gen) == expected == S.longest_shared_run(gen, pieces)
+        assert S.longest_shared_run(gen, index) == expected
+    assert len(index._windows) <= 2
+    with pytest.raises(ValueError, match="event ids"):
+        index.longest(np.array([1, -2]))
+
+
+# ------------------------------------------------------------------ paired ratio bootstrap
+
+
+def test_bootstrap_ratio_ci_is_a_ratio_of_means_resampled_in_pairs():
+    generated, real = np.array([2.0, 2.0, 6.0]), np.array([1.0, 4.0, 3.0])
+    estimate, low, high = S.bootstrap_ratio_ci(generated, real, n=400, seed=3)
+    assert estimate == pytest.approx(10 / 8)  # not the mean of per-item ratios (2 + 0.5 + 2) / 3
+    draws = np.random.default_rng(3).integers(0, 3, size=(400, 3))
+    ratios = generated[draws].mean(axis=1) / real[draws].mean(axis=1)
+    assert (low, high) == pytest.approx(tuple(np.quantile(ratios, [0.025, 0.975])))
+    # The same draws as bootstrap_ci with the same seed: a constant ratio has no spread.
+    assert S.bootstrap_ratio_ci(3 * real, real) == pytest.approx((3.0, 3.0, 3.0))
+    assert math.isinf(S.bootstrap_ratio_ci([1.0], [0.0])[0])
+    with pytest.raises(ValueError, match="denominators"):
+        S.bootstrap_ratio_ci([1.0, 2.0], [1.0])
+
+
+# ------------------------------------------------------------------ what the decoder fixes
+
+
+def test_discarded_events_counts_each_kind_decode_fixes():
+    ids = [VELOCITY + 20,
+           NOTE_OFF + 50,                  # stray: 50 never sounded
+           NOTE_ON + 60, NOTE_OFF + 60,    # zero-length: released in the step it was struck
+           NOTE_ON + 62, shift_id(10),
+           NOTE_ON + 62,                   # restrike: 62 still sounds
+           shift_id(10), NOTE_OFF + 62, NOTE_OFF + 62,
+           NOTE_ON + 64, SHIFT_1S, SHIFT_1S,  # 64 is never released: closed by a 1.5 s cap
+           PAD_ID, NOTE_ON + 67]           # PAD is invalid; 67 is still open at the end, in its onset step
+    counts = S.discarded_events(np.array(ids), max_note_seconds=1.5)
+    assert counts == {"stray_note_off": 1, "zero_length": 2, "restrike": 1, "capped": 1, "invalid": 1, "total": 6}
+    decoded = metrics.note_array(codec.decode(np.array(ids), max_note_seconds=1.5))
+    assert decoded[:, 2].tolist() == [62, 62, 64]  # what decode kept: 60 and 67 had no length
+    assert decoded[2, 1] - decoded[2, 0] == pytest.approx(1.5)
+
+
+def test_discarded_events_replays_a_prompt_without_counting_it():
+    prompt = [NOTE_OFF + 40, NOTE_ON + 60, NOTE_ON + 61, SHIFT_1S, SHIFT_1S]  # a stray off, two held notes
+    continuation = [NOTE_OFF + 60, SHIFT_1S, SHIFT_1S, SHIFT_1S, SHIFT_1S]  # 60 released; 61 capped at 5 s
+    counts = S.discarded_events(np.array(prompt + continuation), 5.0, count_from=len(prompt))
+    assert counts["stray_note_off"] == 0 and counts["capped"] == 1 and counts["total"] == 1
+    # Without the prompt the same note-off would be stray.
+    assert S.discarded_events(np.array(continuation), 5.0)["stray_note_off"] == 1
+    # A cap that closes inside the prompt is the prompt's.
+    long_prompt = [NOTE_ON + 61] + [SHIFT_1S] * 7
+    assert S.discarded_events(np.array(long_prompt + [SHIFT_1S]), 5.0, count_from=len(long_prompt))["capped"] == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from([NOTE_ON + 60, NOTE_ON + 61, NOTE_OFF + 60, NOTE_OFF + 61, shift_id(20),
+                                 shift_id(37), SHIFT_1S, VELOCITY + 5, PAD_ID]), max_size=60))
+def test_discarded_events_agree_with_what_decode_keeps(ids):
+    # The cap is off the 10 ms grid, so only the decoder's cap can give a note exactly that long.
+    cap = 0.555
+    ids = np.array(ids, dtype=np.int64)
+    counts = S.discarded_events(ids, max_note_seconds=cap)
+    decoded = metrics.note_array(codec.decode(ids, max_note_seconds=cap))
+    on, off = int((ids < NOTE_OFF).sum()), int(((ids >= NOTE_OFF) & (ids < TIME_SHIFT)).sum())
+    assert len(decoded) == on - counts["zero_length"]
+    assert counts["capped"] == int(np.isclose(decoded[:, 1] - decoded[:, 0], cap).sum())
+    assert counts["stray_note_off"] <= off and (on > 0 or counts["stray_note_off"] == off)
+    assert counts["invalid"] == int((ids == PAD_ID).sum())

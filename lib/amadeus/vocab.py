@@ -89,3 +89,19 @@ def strip_pad(ids: np.ndarray) -> np.ndarray:
 def is_note_event(ids: np.ndarray) -> np.ndarray:
     """True for note-ons and note-offs."""
     return np.asarray(ids) < TIME_SHIFT
+
+
+EVENT_CLASSES = {  # name -> [first id, last id + 1)
+    "note_on": (NOTE_ON, NOTE_OFF),
+    "note_off": (NOTE_OFF, TIME_SHIFT),
+    "time_shift": (TIME_SHIFT, VELOCITY),
+    "velocity": (VELOCITY, VOCAB_SIZE),
+}
+_CLASS_BOUNDS = np.array([lo for lo, _ in EVENT_CLASSES.values()] + [VOCAB_SIZE])
+
+
+def event_class(ids: np.ndarray) -> np.ndarray:
+    """Index into EVENT_CLASSES of each id (0 = note_on .. 3 = velocity); -1 for PAD and ids outside 0..387."""
+    ids = np.asarray(ids, dtype=np.int64)
+    cls = np.searchsorted(_CLASS_BOUNDS, ids, side="right") - 1
+    return np.where((ids >= 0) & (ids < VOCAB_SIZE), cls, -1)
