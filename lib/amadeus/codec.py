@@ -46,6 +46,7 @@ CODEC_VERSION = "1"
 FLAVOURS = ("magenta", "perceiver-io")
 
 _SUSTAIN_CC = 64
+DEFAULT_VELOCITY = 100  # decode: the velocity of notes before any velocity event (note_seq's to_sequence default)
 
 
 @dataclass
@@ -463,7 +464,7 @@ def decode(ids, flavour: str = "magenta", max_note_seconds: float = 5.0) -> pret
         raise ValueError(f"decode: max_note_seconds must be > 0, got {max_note_seconds}")
     first_bin = 0 if flavour == "perceiver-io" else 1
     max_steps = max_note_seconds * STEPS_PER_SECOND
-    step, velocity = 0, 100            # note_seq's to_sequence default velocity
+    step, velocity = 0, DEFAULT_VELOCITY
     open_notes: dict[int, collections.deque] = collections.defaultdict(collections.deque)
     notes: list[tuple[int, float, int, int]] = []   # (start step, end step, pitch, velocity)
 
