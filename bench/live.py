@@ -9,7 +9,7 @@ Two figures per configuration, as the issue asks:
 - timing error: send time minus scheduled time of every answer message; target <= 10 ms at p99.
 
 The phrase is written by this script (8 s of chords, arpeggios and pedal, ~30 events/s, the density of
-real solo piano, REFERENCE.md §8) to a MIDI file and read back as `--input-file` does. By default it is
+real solo piano, docs/live.md) to a MIDI file and read back as `--input-file` does. By default it is
 delivered stamped as though played in real time and ending at that moment (the session then sees the
 silence and must prime during it); `--realtime` plays it in real time (priming while "playing").
 
@@ -42,8 +42,8 @@ import torch
 
 from amadeus import live
 from amadeus.hardware import machine
-from amadeus.ports import MemoryBackend
-from amadeus.quant.workflow import int8_with_random_calibration
+from amadeus.live.ports import MemoryBackend
+from amadeus.quant import int8_with_random_calibration
 
 
 def write_phrase(path: Path, seconds: float = 8.0, seed: int = 0) -> pretty_midi.PrettyMIDI:

@@ -16,8 +16,8 @@ from amadeus import codec as codec_mod
 from amadeus import live, vocab
 from amadeus.errors import UserError
 from amadeus.live import Codec, LiveConfig, LiveSession, Phrase, StreamDecoder
+from amadeus.live.ports import MemoryBackend, MidoBackend, list_ports
 from amadeus.models.performance_rnn import PerformanceRNN, PerformanceRNNConfig
-from amadeus.ports import MemoryBackend, MidoBackend, list_ports
 
 
 def tiny_model(hidden: int = 32, layers: int = 2, seed: int = 0) -> PerformanceRNN:
@@ -221,7 +221,8 @@ def test_priming_prefix_is_final(codec):
 
 
 def test_final_prefix_leaves_out_trailing_shifts():
-    ids = [60, 260, 188, 355, 270, 62]  # on@0, off@50ms, on@1.2s
+    on_, off_, shift = vocab.NOTE_ON, vocab.NOTE_OFF, vocab.TIME_SHIFT - 1  # shift + n = n steps
+    ids = [on_ + 60, shift + 5, off_ + 60, vocab.SHIFT_1S, shift + 15, on_ + 62]  # on@0, off@50ms, on@1.2s
     assert live.final_prefix(ids, 0.04) == 1
     assert live.final_prefix(ids, 0.06) == 3
     assert live.final_prefix(ids, 1.3) == 6
@@ -256,12 +257,16 @@ def stream_notes(events):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_stream_decoder_agrees_with_codec_decode(codec, seed):
+@pytest.mark.parametrize("flavour, max_note_seconds", [("magenta", None), ("perceiver-io", None), ("magenta", 0.5)])
+def test_stream_decoder_agrees_with_codec_decode(flavour, max_note_seconds, seed):
+    codec = Codec(flavour, max_note_seconds)
     rng = np.random.default_rng(seed)
     pitches = rng.integers(58, 62, size=400)
     kinds = rng.choice(4, size=400, p=[0.3, 0.3, 0.3, 0.1])
-    ids = np.where(kinds == 0, pitches, np.where(kinds == 1, 128 + pitches,
-                   np.where(kinds == 2, 255 + rng.choice([1, 2, 50, 100, 100], size=400), rng.integers(356, 388, 400))))
+    shifts = vocab.TIME_SHIFT - 1 + rng.choice([1, 2, 50, 100, 100], size=400)
+    velocities = rng.integers(vocab.VELOCITY, vocab.VELOCITY_LAST + 1, 400)
+    ids = np.where(kinds == 0, vocab.NOTE_ON + pitches, np.where(kinds == 1, vocab.NOTE_OFF + pitches,
+                   np.where(kinds == 2, shifts, velocities)))
     ids = ids.tolist()
     dec = StreamDecoder(codec)
     events = []
@@ -271,7 +276,7 @@ def test_stream_decoder_agrees_with_codec_decode(codec, seed):
         assert not events or not got or got[0].step >= events[-1].step  # time order across calls
         events += got
     events += dec.finish()
-    ref = codec.decode(ids).instruments[0].notes
+    ref = codec_mod.decode(ids, flavour, codec.max_note_seconds).instruments[0].notes
     ref_notes = [(n.pitch, round(n.start * 100), round(n.end * 100)) for n in ref]
     assert sounding_intervals(stream_notes(events)) == sounding_intervals(ref_notes)
     ref_onsets = {(p, s): None for p, s, _ in ref_notes}
@@ -282,9 +287,27 @@ def test_stream_decoder_agrees_with_codec_decode(codec, seed):
 
 def test_codec_facts_match_the_codec(codec):
     assert codec.default_velocity == 100
-    assert codec.velocity[356] == codec_mod.velocity_of_bin(1)
-    assert codec.velocity[387] == codec_mod.velocity_of_bin(32)
+    assert codec.velocity[vocab.VELOCITY] == codec_mod.velocity_of_bin(1)
+    assert codec.velocity[vocab.VELOCITY_LAST] == codec_mod.velocity_of_bin(32)
     assert codec.max_note_steps == 500
+
+
+@pytest.mark.parametrize("flavour", ["magenta", "perceiver-io"])
+def test_codec_facts_are_what_decode_does(flavour):
+    """Each fact, read off a one-note decode: velocity before any velocity id, of each id, longest note."""
+    def one_note(ids, max_note_seconds=5.0):
+        (note,) = codec_mod.decode(ids, flavour, max_note_seconds).instruments[0].notes
+        return note
+
+    note_100ms = [vocab.NOTE_ON + 60, vocab.TIME_SHIFT + 9, vocab.NOTE_OFF + 60]
+    held_20s = [vocab.NOTE_ON + 60] + [vocab.SHIFT_1S] * 20 + [vocab.NOTE_OFF + 60]
+    facts = Codec(flavour)
+    assert one_note(note_100ms).velocity == facts.default_velocity
+    for tok in range(vocab.VELOCITY, vocab.VELOCITY_LAST + 1):
+        assert one_note([tok] + note_100ms).velocity == facts.velocity[tok]
+    for seconds in (5.0, 0.5):
+        note = one_note(held_20s, seconds)
+        assert round((note.end - note.start) / vocab.STEP_SECONDS) == Codec(flavour, seconds).max_note_steps
 
 
 def test_answer_timing_matches_decoded_token_times(codec):

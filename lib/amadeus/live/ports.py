@@ -30,6 +30,10 @@ from amadeus.errors import UserError
 
 Callback = Callable[[mido.Message, float], None]
 
+# The MIDI controllers the live mode reads or sends.
+SUSTAIN = 64  # the sustain pedal: down at values >= 64
+ALL_NOTES_OFF = 123
+
 NO_BACKEND_HINT = ("no MIDI backend: python-rtmidi cannot open the system MIDI service ({detail}); "
                    "on Linux load ALSA's sequencer (`sudo modprobe snd-seq`) or try it without a keyboard "
                    "with `--input-file phrase.mid --synth`")
