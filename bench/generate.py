@@ -29,7 +29,7 @@ from perceiver_ar import bench_cached_vs_uncached  # bench/perceiver_ar.py, besi
 
 from amadeus.hardware import machine
 from amadeus.models import build_model
-from amadeus.quant.workflow import int8_with_random_calibration
+from amadeus.quant import int8_with_random_calibration
 from amadeus.sampling import generate
 
 TARGET_FP32 = 1000.0

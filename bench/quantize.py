@@ -5,10 +5,10 @@ alternately in the same run with pinned threads; the median of the rounds counts
 probes of the kernels a GRU layer step could use (one layer's 3H x H gate projection).
 
     python bench/quantize.py                         # 3x512 Performance RNN, random weights
-    python bench/quantize.py --sess save/performance_rnn.sess --threads 2
+    python bench/quantize.py --sess save/performance_rnn.sess --threads 2   # a trained checkpoint
 
 torch.ao.quantization.quantize_dynamic appears only here, as a baseline: it is deprecated
-(REFERENCE.md §4.5) and its packed weights do not load with torch.load(weights_only=True).
+(docs/quantization.md) and its packed weights do not load with torch.load(weights_only=True).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from amadeus.hardware import machine
-from amadeus.quant import quantize_model, state_bytes
-from amadeus.quant.workflow import generate_tokens
+from amadeus.pipeline.quantize import generate_tokens
+from amadeus.quant import calibrate, quantize_model, state_bytes
+from amadeus.vocab import VOCAB_SIZE
 
 
 def _model(args: argparse.Namespace) -> nn.Module:
@@ -106,9 +107,8 @@ def main() -> None:
         quantize_model(q, None, eltwise_dtype=dtype)  # dynamic ranges: same kernels as static, + 2 ops
         variants[f"int8 amadeus, dynamic act, eltwise {dtype}"] = q
     # static ranges from a short calibration on random ids (speed does not depend on the values)
-    from amadeus.quant.workflow import calibrate
-    ids = torch.randint(0, 388, (2, 65))
-    stats = calibrate(model, [(ids, None)])
+    ids = torch.randint(0, VOCAB_SIZE, (2, 65))
+    stats = calibrate(model, ids, batch_size=2)
     q = copy.deepcopy(model)
     quantize_model(q, stats)
     variants["int8 amadeus, static act (product)"] = q

@@ -1,4 +1,5 @@
-"""Stage generate@<family>: save/<family>[.int8].sess -> output/<family>/<precision>/ (amadeus.pipeline.generate)."""
+"""Stage generate@<family>: save/<family>[.int8].sess -> output/<family>/<precision>/
+(amadeus.pipeline.generate)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from amadeus.pipeline import generate
 @exits_cleanly
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("family", help="a model family, e.g. performance_rnn or perceiver_ar")
+    parser.add_argument("family", help="a model family under `models:` in params.yaml")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     generate.run(load_yaml(args.params), Path("."), args.family, quiet=not sys.stderr.isatty())

@@ -1,29 +1,22 @@
-"""Stage preprocess@<source>: dataset/midi/<source>/ -> dataset/processed/<source>/ (*.data + manifest)."""
+"""Stage preprocess@<source>: dataset/midi/<source>/ -> dataset/processed/<source>/ (amadeus.pipeline.preprocess)."""
+
+from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from amadeus import codec
 from amadeus.errors import exits_cleanly
-from amadeus.fileio import write_json
-from amadeus.params import build, load_yaml, section
-from amadeus.preprocess import PreprocessConfig, preprocess
+from amadeus.params import load_yaml
+from amadeus.pipeline import preprocess
 
 
 @exits_cleanly
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("source", help="a name under `sources:` in params.yaml")
+    parser.add_argument("source", help="a key of the `sources` section of params.yaml")
     parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
-    params = load_yaml(args.params)
-    section(params, f"sources.{args.source}")  # the source must be declared
-    config = build(PreprocessConfig, section(params, "preprocess"), "preprocess")
-    codec_config = build(codec.CodecConfig, section(params, "codec"), "codec")
-    metrics = preprocess(f"dataset/midi/{args.source}", f"dataset/processed/{args.source}", config, codec_config)
-    write_json(f"output/metrics/preprocess_{args.source}.json", metrics)
-    print(f"preprocess {args.source}: {metrics['files_ok']}/{metrics['files_total']} files, "
-          f"{metrics['notes']:,} notes, {metrics['events']:,} events, {metrics['music_seconds'] / 60:.1f} min "
-          f"of music, {metrics['notes_per_second']:,} notes/s, splits {metrics['splits']}")
+    args = parser.parse_args(argv)
+    preprocess.run(load_yaml(args.params), Path("."), args.source)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""NLL evaluation and MGEval-style musical statistics (features, distances, KDE, overlap area, KL)."""
+"""MGEval-style musical statistics (features, distances, KDE, overlap area, KL) and the evaluate stage."""
 
 import math
 
@@ -140,69 +140,6 @@ def test_compare_sets_with_a_single_piece_has_no_nan():
     assert all(c.overlap == pytest.approx(1.0) for c in M.compare_sets(one, one).values())
 
 
-# ------------------------------------------------------------------ NLL
-
-
-class UnigramModel(torch.nn.Module):
-    """Predicts a fixed distribution; `loss` follows the model protocol (mean nats over targets)."""
-
-    family = "unigram"
-
-    def __init__(self, probs):
-        super().__init__()
-        self.logits = torch.nn.Parameter(torch.log(torch.as_tensor(probs, dtype=torch.float32)))
-        self.modes = []
-        self.controls_seen = []
-
-    def loss(self, ids, controls=None):
-        self.modes.append(self.training)
-        self.controls_seen.append(None if controls is None else controls.tolist())
-        targets = ids[:, 1:]
-        logits = self.logits.expand(*targets.shape, -1)
-        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-
-
-def test_evaluate_nll_is_the_mean_over_scored_positions_in_eval_mode():
-    probs = np.array([0.5, 0.25, 0.25])
-    model = UnigramModel(probs)
-    model.train()
-    windows = np.array([[0, 0, 0], [1, 2, 1], [0, 1, 2]])  # targets: 0 0 | 2 1 | 1 2
-    expected = -np.mean(np.log(probs[[0, 0, 2, 1, 1, 2]]))
-    assert M.evaluate_nll(model, windows, batch_size=2) == pytest.approx(expected, rel=1e-6)
-    assert model.modes == [False, False] and model.training  # evaluated in eval mode, mode restored
-    batches = [torch.tensor(windows[:1]), torch.tensor(windows[1:])]
-    assert M.evaluate_nll(model, batches) == pytest.approx(expected, rel=1e-6)
-    with pytest.raises(ValueError):
-        M.evaluate_nll(model, np.zeros((0, 3), dtype=np.int64))
-
-
-def test_evaluate_nll_passes_controls_batch_by_batch():
-    model = UnigramModel([0.5, 0.5])
-    windows = np.zeros((3, 4), dtype=np.int64)
-    controls = np.arange(3, dtype=np.float32)[:, None]
-    assert M.evaluate_nll(model, windows, controls, batch_size=2) == pytest.approx(math.log(2), rel=1e-6)
-    assert model.controls_seen == [[[0.0], [1.0]], [[2.0]]]
-    M.evaluate_nll(model, [(torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 1))])
-    assert model.controls_seen[-1] == [[1.0]]
-
-
-def test_evaluate_nll_of_a_real_family_matches_its_loss_in_eval_mode():
-    from amadeus.models.performance_rnn import PerformanceRNN
-    from amadeus.windows import fixed_windows
-
-    torch.manual_seed(0)
-    config = PerformanceRNN.Config(embed_dim=8, input_size=8, hidden_size=16, num_layers=1, controls=True)
-    model = PerformanceRNN(config)
-    rng = np.random.default_rng(5)
-    pieces = [np.concatenate([rng.integers(0, 128, 60), rng.integers(256, 300, 60)]) for _ in range(3)]
-    ids, ctrl = fixed_windows(pieces, 31, max_windows=8, controls=True)
-    nll = M.evaluate_nll(model, ids, ctrl, batch_size=3)
-    model.eval()
-    with torch.no_grad():
-        assert nll == pytest.approx(float(model.loss(ids, ctrl)), rel=1e-5)
-    assert 0.5 * math.log(388) < nll < 2 * math.log(388)  # untrained: near uniform
-
-
 # ------------------------------------------------------------------ the evaluate stage
 
 
@@ -219,12 +156,13 @@ def test_evaluate_stage_reports_models_ceiling_and_floor(tmp_path):
     import json
 
     from amadeus import checkpoint, codec, data
-    from amadeus.evaluation import evaluate, markdown
     from amadeus.models.performance_rnn import PerformanceRNN
     from amadeus.params import as_dict
+    from amadeus.pipeline import paths
+    from amadeus.pipeline.evaluate import build_report, markdown
 
     rng = np.random.default_rng(6)
-    folder = tmp_path / "dataset" / "processed" / "mine"
+    folder = paths.processed_dir("mine", tmp_path)
     pieces = []
     for i, split in enumerate(["train", "validation", "validation", "test", "test"]):
         ids = codec.encode(_performance(rng, 40.0))
@@ -233,7 +171,7 @@ def test_evaluate_stage_reports_models_ceiling_and_floor(tmp_path):
     (folder / "manifest.json").write_text(json.dumps({"pieces": pieces, "codec": {"flavour": "magenta"}}))
 
     # Continuations as the generate stage writes them: NAME.mid listed in index.json (fp32 only).
-    out = tmp_path / "output" / "performance_rnn" / "fp32"
+    out = paths.pieces_dir("performance_rnn", "fp32", tmp_path)
     out.mkdir(parents=True)
     listed = []
     for i in range(3):
@@ -246,7 +184,7 @@ def test_evaluate_stage_reports_models_ceiling_and_floor(tmp_path):
     # A real .sess of a tiny untrained GRU.
     torch.manual_seed(0)
     config = PerformanceRNN.Config(embed_dim=8, input_size=8, hidden_size=16, num_layers=1)
-    checkpoint.save(tmp_path / "save" / "performance_rnn.sess", {
+    checkpoint.save(paths.checkpoint("performance_rnn", root=tmp_path), {
         "format": checkpoint.FORMAT, "family": "performance_rnn", "config": as_dict(config), "precision": "fp32",
         "model": PerformanceRNN(config).state_dict(), "codec": {"flavour": "magenta"}})
 
@@ -254,7 +192,7 @@ def test_evaluate_stage_reports_models_ceiling_and_floor(tmp_path):
               "codec": {"flavour": "magenta"},
               "evaluate": {"segment_seconds": 5.0, "nll_window": 64, "nll_max_windows": 8, "floor_pieces": 2,
                            "floor_events": 600}}
-    report = evaluate(params, tmp_path)
+    report = build_report(params, tmp_path)
     entry = report["models"]["performance_rnn"]["fp32"]
     assert set(report["models"]["perceiver_ar"]) == set()  # no checkpoint, no outputs: nothing to report
     assert "int8" not in report["models"]["performance_rnn"]
@@ -274,7 +212,7 @@ def test_evaluate_stage_reports_models_ceiling_and_floor(tmp_path):
     assert "| floor (random ids) |" in text
     json.dumps(report, allow_nan=False)  # valid JSON: no NaN anywhere
 
-    # The stage script only wraps amadeus.evaluation: the same report on disk, and its markdown.
+    # The stage script only wraps amadeus.pipeline.evaluate: the same report on disk, and its markdown.
     import os
     import subprocess
     import sys
@@ -287,6 +225,6 @@ def test_evaluate_stage_reports_models_ceiling_and_floor(tmp_path):
     done = subprocess.run([sys.executable, str(root / "stages" / "evaluate.py")], cwd=tmp_path, text=True,
                           capture_output=True, env={**os.environ, "PYTHONPATH": str(root / "lib")}, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert json.loads((tmp_path / "output/metrics/evaluate.json").read_text()) == json.loads(json.dumps(report))
-    assert (tmp_path / "output/metrics/evaluate.md").read_text() == text
+    assert json.loads(paths.metrics_file("evaluate", root=tmp_path).read_text()) == json.loads(json.dumps(report))
+    assert paths.metrics_file("evaluate", root=tmp_path, suffix=".md").read_text() == text
     assert "evaluate: wrote output/metrics/evaluate.json and evaluate.md" in done.stdout

@@ -10,7 +10,7 @@ from amadeus.controls import CONTROL_DIM, DENSITY, HISTOGRAM, control_vector, de
 from amadeus.models import FAMILIES, build_model, config_class, parameter_count
 from amadeus.models.performance_rnn import PerformanceRNN, PerformanceRNNConfig
 from amadeus.vocab import VOCAB_SIZE
-from amadeus.windows import Piece, WindowSampler, fixed_windows, make_window, stretch_events, unigram_nll
+from amadeus.windows import Piece, WindowSampler, evenly_spaced_windows, make_window, stretch_events, unigram_nll
 
 SHIFT = 255  # + k steps of 10 ms
 VEL = 355    # + bin
@@ -214,11 +214,11 @@ def test_augmentation_keeps_ids_valid_and_in_piano_range():
     assert torch.equal(again, ids)  # a batch depends only on (seed, step)
 
 
-def test_fixed_windows_and_unigram():
+def test_evenly_spaced_windows_and_unigram():
     pieces = [synthetic_piece(100, s) for s in range(3)]
-    ids, ctrl = fixed_windows(pieces, window=49, max_windows=5, controls=True)
+    ids, ctrl = evenly_spaced_windows(pieces, window=49, max_windows=5, controls=True)
     assert ids.shape == (5, 50) and ctrl.shape == (5, 50, CONTROL_DIM)
-    again, _ = fixed_windows(pieces, window=49, max_windows=5)
+    again, _ = evenly_spaced_windows(pieces, window=49, max_windows=5)
     assert torch.equal(ids, again)
     counts = np.bincount(np.concatenate(pieces).astype(int), minlength=VOCAB_SIZE) + 1
     expected = -np.log(counts / counts.sum())[ids.reshape(-1).numpy()].mean()

@@ -217,7 +217,7 @@ def test_int8_performance_rnn_steps_as_it_runs_with_one_matmul_per_layer(with_co
     int8 model's own full-window pass: each layer's new state is quantized once and multiplied by
     its two readers' weights stacked, which needs their shared input range."""
     from amadeus.models import build_model
-    from amadeus.quant.workflow import int8_with_random_calibration
+    from amadeus.quant import int8_with_random_calibration
 
     torch.manual_seed(0)
     fp32 = build_model("performance_rnn", dict(embed_dim=16, input_size=24, hidden_size=32, num_layers=3)).eval()

@@ -8,8 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amadeus.quant import Int8Linear, load_quantized, quantize_model, state_bytes
-from amadeus.quant.workflow import calibrate, compare_speed, fixed_windows, mean_nll
+from amadeus.controls import CONTROL_DIM
+from amadeus.nll import mean_nll
+from amadeus.pipeline.quantize import compare_speed
+from amadeus.quant import Int8Linear, calibrate, load_quantized, quantize_model, state_bytes
+from amadeus.windows import random_windows
 
 V = 388
 
@@ -46,21 +49,23 @@ def _pieces(n=4, length=300, seed=0):
     return [np.repeat(rng.integers(0, V, length // 3), 3).astype(np.uint16) for _ in range(n)]
 
 
-def test_fixed_windows_are_deterministic():
-    a = fixed_windows(_pieces(), 3, 2, 50, seed=7)
-    b = fixed_windows(_pieces(), 3, 2, 50, seed=7)
-    c = fixed_windows(_pieces(), 3, 2, 50, seed=8)
-    assert all(torch.equal(x[0], y[0]) for x, y in zip(a, b, strict=True))
-    assert not all(torch.equal(x[0], y[0]) for x, y in zip(a, c, strict=True))
-    assert a[0][0].shape == (2, 51) and a[0][1] is None
+def test_random_windows_are_seeded():
+    a, no_controls = random_windows(_pieces(), 6, 50, seed=7)
+    assert a.shape == (6, 51) and a.dtype == torch.long and no_controls is None
+    assert torch.equal(a, random_windows(_pieces(), 6, 50, seed=7)[0])
+    assert not torch.equal(a, random_windows(_pieces(), 6, 50, seed=8)[0])
+    assert torch.equal(a[:2], random_windows(_pieces(), 2, 50, seed=7)[0])  # a prefix: more batches, same first ones
+    ids, ctrl = random_windows(_pieces(), 3, 50, seed=7, controls=True)
+    assert torch.equal(ids, a[:3]) and ctrl.shape == (3, 51, CONTROL_DIM) and ctrl.dtype == torch.float32
+    assert len(random_windows(_pieces(length=30), 2, 50, seed=7)[0]) == 0  # no piece long enough
 
 
 @pytest.mark.parametrize("mode", ["asymmetric_signed", "asymmetric_unsigned", "symmetric"])
 def test_quantized_checkpoint_roundtrip(tmp_path, mode):
     torch.manual_seed(0)
     model = StandIn().eval()
-    windows = fixed_windows(_pieces(), 2, 2, 40, seed=1)
-    stats = calibrate(model, windows)
+    ids, _ = random_windows(_pieces(), 4, 40, seed=1)
+    stats = calibrate(model, ids, batch_size=2)
     assert "gru.cells.1.fc_gate_h" in stats and "head" in stats and "gru.cells.0.mult_r" in stats
     qmodel = copy.deepcopy(model)
     info = quantize_model(qmodel, stats, mode=mode, clip="avg")
@@ -76,10 +81,9 @@ def test_quantized_checkpoint_roundtrip(tmp_path, mode):
     assert loaded["model"]["embedding.weight"].dtype == qdtype
     assert loaded["quant"]["mode"] == mode  # stored by name
     fresh = load_quantized(loaded, StandIn())
-    ids = windows[0][0]
     with torch.no_grad():
-        assert torch.equal(fresh(ids)[0], qmodel(ids)[0])  # same int8 model after the round trip
-    nll32, nll8 = mean_nll(model, windows), mean_nll(fresh, windows)
+        assert torch.equal(fresh(ids[:2])[0], qmodel(ids[:2])[0])  # same int8 model after the round trip
+    nll32, nll8 = mean_nll(model, ids, batch_size=2), mean_nll(fresh, ids, batch_size=2)
     assert abs(nll8 - nll32) / nll32 < 0.02
 
 
@@ -110,10 +114,10 @@ def test_performance_rnn_quantizes_and_speed_is_measured():
     from amadeus.models.performance_rnn import PerformanceRNN, PerformanceRNNConfig
     torch.manual_seed(0)
     model = PerformanceRNN(PerformanceRNNConfig(embed_dim=16, input_size=32, hidden_size=32, num_layers=2)).eval()
-    windows = fixed_windows(_pieces(), 2, 2, 30, seed=1, controls=model.uses_controls)
-    stats = calibrate(model, windows)
+    ids, ctrl = random_windows(_pieces(), 4, 30, seed=1, controls=model.uses_controls)
+    stats = calibrate(model, ids, ctrl, batch_size=2)
     q = copy.deepcopy(model)
     quantize_model(q, stats)
-    assert abs(mean_nll(q, windows) - mean_nll(model, windows)) < 0.05
+    assert abs(mean_nll(q, ids, ctrl, batch_size=2) - mean_nll(model, ids, ctrl, batch_size=2)) < 0.05
     speed = compare_speed(model, q, tokens=20, rounds=1, threads=1)
     assert speed["tokens_per_second_fp32"] > 0 and speed["tokens_per_second_int8"] > 0

@@ -14,6 +14,7 @@ from amadeus import checkpoint
 from amadeus.data import save_events
 from amadeus.models.performance_rnn import PerformanceRNN, PerformanceRNNConfig
 from amadeus.params import as_dict
+from amadeus.pipeline import paths
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_KEYS = {"fp32_bytes", "int8_bytes", "size_ratio", "val_nll_fp32", "val_nll_int8", "nll_delta_rel",
@@ -22,7 +23,7 @@ METRIC_KEYS = {"fp32_bytes", "int8_bytes", "size_ratio", "val_nll_fp32", "val_nl
 
 def _workspace(tmp: Path) -> None:
     rng = np.random.default_rng(0)
-    folder = tmp / "dataset/processed/toy"
+    folder = paths.processed_dir("toy", tmp)
     folder.mkdir(parents=True)
     pieces = []
     for i in range(3):
@@ -33,7 +34,7 @@ def _workspace(tmp: Path) -> None:
     torch.manual_seed(0)
     config = PerformanceRNNConfig(embed_dim=8, input_size=16, hidden_size=16, num_layers=2)
     model = PerformanceRNN(config)
-    checkpoint.save(tmp / "save/performance_rnn.sess", {
+    checkpoint.save(paths.checkpoint("performance_rnn", root=tmp), {
         "format": checkpoint.FORMAT, "family": "performance_rnn", "config": as_dict(config), "precision": "fp32",
         "model": model.state_dict(), "optimizer": None, "scheduler": None, "step": 0, "rng": {}, "params": {},
         "codec": {"flavour": "magenta"}})
@@ -57,19 +58,20 @@ def test_calibrate_and_quantize_stages(tmp_path):
 
     done = _run(tmp_path, "calibrate.py")
     assert done.returncode == 0, done.stderr
-    stats = yaml.safe_load((tmp_path / "stats/performance_rnn.yaml").read_text())
+    stats = yaml.safe_load(paths.stats_file("performance_rnn", tmp_path).read_text())
     assert {"gru.cells.0.fc_gate_x", "gru.cells.1.mult_z", "head", "proj"} <= set(stats)
     assert set(stats["head"]["inputs"][0]) == {"min", "max", "avg_min", "avg_max", "mean", "std", "shape"}
 
     done = _run(tmp_path, "quantize.py")
     assert done.returncode == 0, done.stderr
-    metrics = json.loads((tmp_path / "output/metrics/quantize_performance_rnn.json").read_text())
+    metrics = json.loads(paths.metrics_file("quantize", "performance_rnn", tmp_path).read_text())
     assert set(metrics) >= METRIC_KEYS
     assert metrics["int8_bytes"] < metrics["fp32_bytes"]
-    raw = torch.load(tmp_path / "save/performance_rnn.int8.sess", weights_only=True)
+    int8 = paths.checkpoint("performance_rnn", "int8", tmp_path)
+    raw = torch.load(int8, weights_only=True)
     assert raw["precision"] == "int8" and raw["model"]["head.weight"].dtype == torch.int8
     assert raw["params"]["quantize"]["mode"] == "asymmetric_signed"
-    model, _ = checkpoint.load_model(tmp_path / "save/performance_rnn.int8.sess")
+    model, _ = checkpoint.load_model(int8)
     logits, state = model.prefill(torch.tensor([[60, 300], [62, 301]]))
     logits, state = model.step(logits.argmax(-1), model.reorder_state(state, torch.tensor([1, 0])))
     assert logits.shape == (2, 388) and torch.isfinite(logits).all()

@@ -14,7 +14,9 @@ from test_performance_rnn import synthetic_piece
 
 from amadeus import checkpoint
 from amadeus.errors import UserError
-from amadeus.training import Outputs, TrainConfig, lr_factor, train, train_config
+from amadeus.pipeline import paths
+from amadeus.pipeline.train import train_config
+from amadeus.training import Outputs, TrainConfig, lr_factor, train
 
 MODEL = {"embed_dim": 8, "input_size": 16, "hidden_size": 16, "num_layers": 2, "dropout": 0.2,
          "control_dropout": 0.5}
@@ -166,7 +168,7 @@ def test_train_stage_end_to_end(tmp_path, data):
 
     from amadeus.data import save_events
 
-    folder = tmp_path / "dataset/processed/synth"
+    folder = paths.processed_dir("synth", tmp_path)
     pieces = []
     for i, (ids, split) in enumerate([(a, "train") for a in data[0]] + [(data[1][0], "validation")]):
         save_events(folder / f"p{i}.data", ids)
@@ -182,10 +184,10 @@ def test_train_stage_end_to_end(tmp_path, data):
     done = subprocess.run([sys.executable, str(stage), "performance_rnn"], cwd=tmp_path, capture_output=True,
                           text=True, env={**os.environ, "CI": "1"}, timeout=120)
     assert done.returncode == 0, done.stderr
-    metrics = json.loads((tmp_path / "output/metrics/train_performance_rnn.json").read_text())
+    metrics = json.loads(paths.metrics_file("train", "performance_rnn", tmp_path).read_text())
     assert metrics["steps"] == 3 and metrics["val_nll"] > 0
-    assert (tmp_path / "output/plots/train_performance_rnn.csv").read_text().startswith("step,train_loss,val_loss")
-    ckpt = checkpoint.load(tmp_path / "save/performance_rnn.sess")
+    assert paths.plots_file("performance_rnn", tmp_path).read_text().startswith("step,train_loss,val_loss")
+    ckpt = checkpoint.load(paths.checkpoint("performance_rnn", root=tmp_path))
     assert ckpt["params"]["datasets"] == ["synth"] and ckpt["codec"] == {"flavour": "magenta"}
     params["train"]["performance_rnn"]["bogus"] = 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -26,12 +26,6 @@ FORMAT = "amadeus.sess/1"
 PRECISIONS = ("fp32", "int8")
 
 
-def checkpoint_path(family: str, precision: str = "fp32", root: str | os.PathLike = ".") -> Path:
-    """Where the pipeline keeps a checkpoint: save/<family>.sess, or save/<family>.<precision>.sess."""
-    name = f"{family}.sess" if precision == "fp32" else f"{family}.{precision}.sess"
-    return Path(root) / "save" / name
-
-
 def save(path: str | os.PathLike, ckpt: dict) -> None:
     """Write a checkpoint atomically (a crash mid-write leaves the previous file intact)."""
     with atomic_open(path, "wb") as f:

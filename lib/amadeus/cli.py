@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_render)
 
     p = sub.add_parser("report", help="a short summary of the pipeline's metrics (output/metrics)")
-    p.add_argument("--metrics-dir", default="output/metrics")
+    p.add_argument("--metrics-dir", default=None, help="default: the pipeline's output/metrics")
     p.set_defaults(run=_report)
 
     p = sub.add_parser("live", help="play a phrase on a MIDI keyboard, hear the continuation")

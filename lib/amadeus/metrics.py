@@ -1,11 +1,8 @@
-"""How good is a model: NLL on held-out windows, and MGEval-style statistics of the music it makes.
+"""How good is the music a model makes: MGEval-style statistics against real pieces (the models'
+NLL is amadeus.nll).
 
-NLL: `evaluate_nll` averages the model's own `loss` (nats/event) over fixed windows in eval mode, so
-fp32 and int8 models (and families that score only part of a window, like Perceiver AR's latents)
-are measured the same way their training measured them.
-
-Musical statistics follow MGEval (Yang & Lerch, "On the evaluation of generative models in music",
-Neural Computing and Applications 32, 2020; REFERENCE.md §10), on seconds instead of bars because
+The statistics follow MGEval (Yang & Lerch, "On the evaluation of generative models in music",
+Neural Computing and Applications 32, 2020; docs/evaluation.md), on seconds instead of bars because
 performance MIDI has no reliable beat grid:
 
 1. every piece (or N-second segment) gets one value per feature (a number or a normalised histogram);
@@ -27,55 +24,11 @@ Densities are evaluated in the log domain, so KL stays finite however far apart.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pretty_midi
-
-# --------------------------------------------------------------------------------------------------
-# NLL
-
-
-def evaluate_nll(model, windows, controls=None, batch_size: int = 32, device: str = "cpu") -> float:
-    """Mean NLL in nats/event of `model` over fixed windows, in eval mode and without gradients.
-
-    `windows` is an int array/tensor [N, W+1] (cut into batches here, with `controls` [N, ...] cut
-    alongside when the model is conditioned on them), or an iterable of batches, each an ids tensor
-    [B, W+1] or an (ids, controls) pair. Fixed windows come from `amadeus.windows.fixed_windows`.
-    Each batch's mean loss is weighted by its number of rows: every row of a fixed-length window has
-    the same number of scored positions, so this is the mean over all scored positions.
-    """
-    import torch
-
-    if isinstance(windows, (np.ndarray, torch.Tensor)):
-        rows = torch.as_tensor(windows)
-        if rows.ndim != 2 or rows.shape[0] == 0:
-            raise ValueError(f"windows must be a non-empty [N, W+1] array, got shape {tuple(rows.shape)}")
-        ctrl = torch.as_tensor(controls).split(batch_size) if controls is not None else None
-        batches: Iterable = (zip(rows.split(batch_size), ctrl, strict=True) if ctrl is not None
-                             else rows.split(batch_size))
-    else:
-        batches = windows
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                ids, ctrl = batch if isinstance(batch, (tuple, list)) else (batch, None)
-                ids = torch.as_tensor(ids).long().to(device)
-                # Controls only when given: families without them take `loss(ids)` alone.
-                args = (ids,) if ctrl is None else (ids, torch.as_tensor(ctrl).to(device))
-                loss = model.loss(*args)
-                total += float(loss) * ids.shape[0]
-                count += ids.shape[0]
-    finally:
-        model.train(was_training)
-    if count == 0:
-        raise ValueError("no windows to evaluate")
-    return total / count
-
 
 # --------------------------------------------------------------------------------------------------
 # Notes and segments

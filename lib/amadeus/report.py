@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from amadeus.pipeline import paths
+
 
 def _load(path: Path) -> dict:
     try:
@@ -17,37 +19,42 @@ def _load(path: Path) -> dict:
         return {}
 
 
-def summary(metrics_dir: str | Path = "output/metrics") -> str:
-    folder = Path(metrics_dir)
+def _stage_files(folder: Path, stage: str) -> list[tuple[str, Path]]:
+    """(source or family, path) of every metrics file of a per-source or per-family stage in `folder`."""
+    pattern = paths.metrics_file(stage, "*").name
+    return [(path.stem.removeprefix(f"{stage}_"), path) for path in sorted(folder.glob(pattern))]
+
+
+def summary(metrics_dir: str | Path | None = None) -> str:
+    """The summary of the metrics files in `metrics_dir` (default: the pipeline's output/metrics)."""
+    folder = Path(metrics_dir) if metrics_dir is not None else paths.metrics_dir()
     lines = []
-    for path in sorted(folder.glob("preprocess_*.json")):
+    for source, path in _stage_files(folder, "preprocess"):
         m = _load(path)
-        lines.append(f"preprocess {path.stem.removeprefix('preprocess_')}: {m.get('files_ok')}/{m.get('files_total')} "
+        lines.append(f"preprocess {source}: {m.get('files_ok')}/{m.get('files_total')} "
                      f"files, {m.get('notes', 0):,} notes, {m.get('events', 0):,} events, "
                      f"{m.get('notes_per_second', 0):,} notes/s")
-    for path in sorted(folder.glob("train_*.json")):
+    for family, path in _stage_files(folder, "train"):
         m = _load(path)
         if m.get("unigram_nll"):
             below = 100 * (1 - m["val_nll"] / m["unigram_nll"])
-            family = path.stem.removeprefix("train_")
             lines.append(f"train {family}: {m['parameters']:,} parameters, {m['steps']} steps "
                          f"in {m['seconds']:.0f} s ({m['tokens_per_second']:,.0f} tokens/s), val_nll "
                          f"{m['val_nll']:.3f} vs unigram {m['unigram_nll']:.3f} ({below:.1f}% below)")
-    for path in sorted(folder.glob("quantize_*.json")):
+    for family, path in _stage_files(folder, "quantize"):
         m = _load(path)
         if m:
-            lines.append(f"quantize {path.stem.removeprefix('quantize_')}: size x{m['size_ratio']}, val_nll "
+            lines.append(f"quantize {family}: size x{m['size_ratio']}, val_nll "
                          f"{m['val_nll_fp32']:.4f} -> {m['val_nll_int8']:.4f} ({100 * m['nll_delta_rel']:+.2f}%), "
                          f"{m['tokens_per_second_fp32']:,.0f} -> {m['tokens_per_second_int8']:,.0f} "
                          "tokens/s at batch 1")
-    for path in sorted(folder.glob("generate_*.json")):
+    for family, path in _stage_files(folder, "generate"):
         m = _load(path)
-        for precision in ("fp32", "int8"):
-            if precision in m:
-                p = m[precision]
-                lines.append(f"generate {path.stem.removeprefix('generate_')} {precision}: {p['pieces']} pieces, "
+        for precision, p in m.items():
+            if isinstance(p, dict):  # one entry per precision generated, beside the first one's figures
+                lines.append(f"generate {family} {precision}: {p['pieces']} pieces, "
                              f"{p['tokens_per_second']:,.0f} events/s, {p['real_time_factor']:.1f}x real time")
-    evaluation = folder / "evaluate.md"
+    evaluation = folder / paths.metrics_file("evaluate", suffix=".md").name
     if evaluation.exists():
         lines += ["", evaluation.read_text().strip()]
     return "\n".join(lines) if lines else f"no metrics in {folder} yet: run `dvc repro`"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from amadeus.controls import WINDOW_STEPS, controls_for
+from amadeus.controls import WINDOW_STEPS, controls_for, piece_controls
 from amadeus.vocab import MAX_SHIFT_STEPS, NUM_PITCHES, SHIFT_1S, TIME_SHIFT, VOCAB_SIZE, event_times, shift_steps
 
 PIANO_LOW, PIANO_HIGH = 21, 108
@@ -158,9 +158,12 @@ class WindowSampler:
         return _tensors(ids, ctrl if self.controls else None)
 
 
-def fixed_windows(arrays: list[np.ndarray], window: int, max_windows: int,
-                  controls: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Validation windows: non-overlapping, in order, evenly thinned to at most `max_windows`."""
+def evenly_spaced_windows(arrays: list[np.ndarray], window: int, max_windows: int,
+                          controls: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Validation windows: non-overlapping, in order, evenly thinned to at most `max_windows`.
+
+    ids [N, window+1] (and controls [N, window+1, 24] if asked); N = 0 when no piece is long enough.
+    """
     length = window + 1
     places = [(p, s) for p in (Piece.of(a) for a in arrays if len(a) >= length)
               for s in range(0, len(p.ids) - length + 1, length)]
@@ -168,6 +171,30 @@ def fixed_windows(arrays: list[np.ndarray], window: int, max_windows: int,
         places = [places[i] for i in np.linspace(0, len(places) - 1, max_windows).round().astype(int)]
     made = [make_window(p, s, length, controls=controls) for p, s in places]
     return _tensors([m[0] for m in made], [m[1] for m in made] if controls else None)
+
+
+def random_windows(arrays: list[np.ndarray], count: int, window: int, seed: int,
+                   controls: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`count` seeded random windows: each a uniformly chosen piece (long enough) and start.
+
+    ids [count, window+1] (and controls [count, window+1, 24] if asked); the same arguments always
+    give the same windows, and the first k of `count` windows are those of `count = k`. N = 0 when no
+    piece is long enough.
+    """
+    usable = [a for a in arrays if len(a) >= window + 1]
+    if not usable:
+        return _tensors([], None)
+    ctrl = [piece_controls(a) for a in usable] if controls else None
+    rng = np.random.default_rng(seed)
+    ids, cs = [], []
+    for _ in range(count):
+        k = int(rng.integers(len(usable)))
+        s = int(rng.integers(len(usable[k]) - window))
+        ids.append(usable[k][s:s + window + 1].astype(np.int64))
+        if ctrl is not None:
+            cs.append(ctrl[k][s:s + window + 1])
+    out_ids, out_ctrl = _tensors(ids, cs if ctrl is not None else None)
+    return out_ids, out_ctrl.float() if out_ctrl is not None else None
 
 
 def _tensors(ids: list[np.ndarray], ctrl: list[np.ndarray] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -193,5 +220,5 @@ def unigram_nll(train: list[np.ndarray], targets: torch.Tensor) -> float:
     return float(-logp[targets.reshape(-1).numpy()].mean())
 
 
-__all__ = ["Piece", "WindowSampler", "fixed_windows", "make_window", "stretch_events", "token_counts",
-           "unigram_nll"]
+__all__ = ["Piece", "WindowSampler", "evenly_spaced_windows", "make_window", "random_windows", "stretch_events",
+           "token_counts", "unigram_nll"]

@@ -12,12 +12,15 @@ import copy
 import io
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
 from amadeus.errors import UserError
 from amadeus.quant.modules import DecomposedGRU, Int8Embedding, Int8Linear
 from amadeus.quant.qtensor import check_mode, clip_range
+from amadeus.quant.stats import StatsCollector
+from amadeus.vocab import PAD_ID
 
 FORMAT = "amadeus.quant/1"
 ELTWISE_DTYPES = ("auto", "float16", "float32")
@@ -52,6 +55,28 @@ def calibration_model(model: nn.Module) -> nn.Module:
     m = copy.deepcopy(model).float().eval()
     decompose_grus(m)
     return m
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, ids: torch.Tensor, controls: torch.Tensor | None = None, batch_size: int = 4,
+              threads: int | None = None) -> dict:
+    """Statistics of every leaf module of `model` (GRUs decomposed) over the teacher-forced windows
+    ids [N, W+1] (and their controls), `batch_size` rows per call: the per-call averages depend on it."""
+    cm = calibration_model(model)
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with StatsCollector(cm) as sc:
+            for i in range(0, len(ids), batch_size):
+                x = ids[i:i + batch_size]
+                if controls is None:
+                    cm.loss(x)
+                else:
+                    cm.loss(x, controls[i:i + batch_size])
+    finally:
+        torch.set_num_threads(old)
+    return sc.stats()
 
 
 def quantize_model(model: nn.Module, stats: dict | None, mode: str = "asymmetric_signed", clip: str = "avg",
@@ -137,6 +162,15 @@ def load_quantized(ckpt: dict, model: nn.Module) -> nn.Module:
         if isinstance(m, (Int8Linear, Int8Embedding)):
             m.prepare()
     return model.eval()
+
+
+def int8_with_random_calibration(model: nn.Module, seed: int = 0) -> nn.Module:
+    """An int8 copy of `model` with static ranges from 4 batches of random windows: for speed
+    benchmarks, where the weights are random too and only the arithmetic matters."""
+    ids = torch.from_numpy(np.random.default_rng(seed).integers(0, PAD_ID, (16, 201)))
+    q = copy.deepcopy(model)
+    quantize_model(q, calibrate(model, ids, batch_size=4))
+    return q.eval()
 
 
 def state_bytes(model_or_state: nn.Module | dict) -> int:

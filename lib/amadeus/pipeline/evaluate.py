@@ -1,18 +1,22 @@
-"""The evaluate stage's report: NLL and MGEval-style musical statistics per model and precision.
+"""Stage evaluate: NLL and MGEval-style musical statistics per model and precision -> output/metrics/.
 
 For each model family in params `models` and each precision whose checkpoint or generated pieces exist:
-val_nll / test_nll (nats/event over fixed windows of the validation / test splits, as training measures
-val_nll) and the generate stage's continuations (amadeus.showcase) against the held-out test pieces, all
-cut into `segment_seconds` segments, as overlap area and KL per feature (the statistics themselves are
-amadeus.metrics). Scale: "ceiling" compares the validation (or train: `ceiling_split`) pieces with the test
-pieces, real music against other real music; "floor" compares uniformly random event ids, decoded, with
-the test pieces. With few held-out pieces the ceiling is one piece against another, so read it as "how
-far apart two real pieces are", not as an upper bound a model cannot pass. `markdown` renders the report.
+- val_nll / test_nll: nats/event over evenly spaced windows of the validation / test splits, with the
+  evaluator training uses for val_nll (amadeus.nll);
+- features: the generate stage's continuations (the `continuation` files listed in
+  output/<family>/<precision>/index.json) against the held-out test pieces, all cut into
+  `segment_seconds` segments, as overlap area and KL per feature (amadeus.metrics; docs/evaluation.md).
+Scale: "ceiling" compares the train pieces (or the validation pieces: `ceiling_split`) with the test
+pieces, real music against other real music; "floor" compares uniformly random event ids, decoded,
+with the test pieces. With few held-out pieces the ceiling is one piece against another, so read it
+as "how far apart two real pieces are", not as an upper bound a model cannot pass. `markdown` renders
+the report; `run` writes output/metrics/evaluate.json (DVC metrics) and evaluate.md (a readable table).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +24,15 @@ import numpy as np
 import pretty_midi
 
 from amadeus import codec, metrics
-from amadeus.checkpoint import PRECISIONS, checkpoint_path, load_model
+from amadeus.checkpoint import PRECISIONS, load_model
 from amadeus.data import load_split
 from amadeus.errors import UserError
+from amadeus.fileio import atomic_open, write_json
+from amadeus.nll import mean_nll
 from amadeus.params import as_dict, build, knob, section
-from amadeus.showcase import output_dir
+from amadeus.pipeline import paths
 from amadeus.vocab import VOCAB_SIZE  # the real event ids (PAD excluded): the floor draws from these uniformly
-from amadeus.windows import fixed_windows
+from amadeus.windows import evenly_spaced_windows
 
 
 @dataclass
@@ -42,7 +48,7 @@ class EvaluateConfig:
     batch_size: int = knob(32, min=1)
     floor_pieces: int = knob(8, min=1, help="pieces of uniformly random event ids (the floor)")
     floor_events: int = knob(2000, min=10, help="event ids per floor piece")
-    ceiling_split: str = knob("validation", choices=("validation", "train"),
+    ceiling_split: str = knob("train", choices=("validation", "train"),
                               help="real pieces compared with the test pieces for the ceiling")
     seed: int = knob(0)
 
@@ -75,7 +81,7 @@ def compare(reference: dict, segs: list[np.ndarray], config: EvaluateConfig, wha
 
 def nll(checkpoint: Path, splits: dict[str, list[np.ndarray]], codec_params: dict,
         config: EvaluateConfig) -> dict:
-    """val_nll / test_nll of one checkpoint on fixed windows, as its training measured val_nll."""
+    """val_nll / test_nll of one checkpoint on evenly spaced windows, as its training measured val_nll."""
     model, ckpt = load_model(checkpoint, device="cpu")
     data_flavour = codec_params.get("flavour", "magenta")
     model_flavour = (ckpt.get("codec") or {}).get("flavour", data_flavour)
@@ -85,10 +91,9 @@ def nll(checkpoint: Path, splits: dict[str, list[np.ndarray]], codec_params: dic
     for name, pieces in splits.items():
         if model_flavour != data_flavour:  # e.g. an imported perceiver-io checkpoint on magenta data
             pieces = [codec.encode(decode(p, codec_params), flavour=model_flavour) for p in pieces]
-        ids, ctrl = fixed_windows(pieces, window, config.nll_max_windows,
-                                  controls=bool(getattr(model, "uses_controls", False)))
-        out[f"{name}_nll"] = (round(metrics.evaluate_nll(model, ids, ctrl, config.batch_size), 4)
-                              if len(ids) else None)
+        ids, ctrl = evenly_spaced_windows(pieces, window, config.nll_max_windows,
+                                          controls=bool(getattr(model, "uses_controls", False)))
+        out[f"{name}_nll"] = round(mean_nll(model, ids, ctrl, config.batch_size), 4) if len(ids) else None
     return out
 
 
@@ -107,14 +112,14 @@ def read_continuations(folder: Path) -> tuple[list[pretty_midi.PrettyMIDI], list
     return pieces, skipped
 
 
-def evaluate(params: dict, root: Path = Path(".")) -> dict:
+def build_report(params: dict, root: Path = Path(".")) -> dict:
     """The evaluate stage's report (what output/metrics/evaluate.json holds) for the workspace at `root`."""
     config = build(EvaluateConfig, params.get("evaluate"), "evaluate")
     families = section(params, "models")
     families = list(families) if isinstance(families, (list, dict)) else [families]
     datasets = section(params, "datasets")
     codec_params = section(params, "codec")
-    folders = [root / "dataset" / "processed" / name for name in datasets]
+    folders = [paths.processed_dir(name, root) for name in datasets]
     split_ids = {split: load_split(folders, split) for split in ("validation", "test")}
     if not split_ids["test"]:
         raise UserError(f"no test pieces in {', '.join(map(str, folders))}: adjust preprocess.split")
@@ -134,8 +139,8 @@ def evaluate(params: dict, root: Path = Path(".")) -> dict:
     for family in families:
         report["models"][family] = {}
         for precision in PRECISIONS:
-            checkpoint = checkpoint_path(family, precision, root)
-            out_dir = output_dir(root, family, precision)
+            checkpoint = paths.checkpoint(family, precision, root)
+            out_dir = paths.pieces_dir(family, precision, root)
             if not checkpoint.exists() and not out_dir.exists():
                 continue
             entry: dict = {"checkpoint": str(checkpoint.relative_to(root)) if checkpoint.exists() else None}
@@ -202,3 +207,16 @@ def markdown(report: dict) -> str:
         if feats:
             lines.append(f"| {label} | " + " | ".join(f"{feats[s]['candidate_mean']:.2f}" for s in scalars) + " |")
     return "\n".join(lines) + "\n"
+
+
+def run(params: dict, root: Path) -> dict:
+    """The whole evaluate stage: the report, written as JSON and as markdown (also printed); returns the report."""
+    start = time.perf_counter()
+    report = build_report(params, root)
+    text = markdown(report)
+    write_json(paths.metrics_file("evaluate", root=root), report)
+    with atomic_open(paths.metrics_file("evaluate", root=root, suffix=".md"), "w") as f:
+        f.write(text)
+    print(text)
+    print(f"evaluate: wrote output/metrics/evaluate.json and evaluate.md in {time.perf_counter() - start:.1f} s")
+    return report

@@ -1,0 +1,46 @@
+"""Stage train@<family>: dataset/processed/<datasets>/ -> save/<family>.sess, metrics, plots, TensorBoard.
+
+Reads params `train.defaults`, `train.<family>` (overrides), `models.<family>`, `codec.flavour` and
+`datasets`. Resumes save/<family>.sess when it was made with the same params (amadeus.training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from amadeus.data import load_split
+from amadeus.errors import UserError
+from amadeus.models import FAMILIES
+from amadeus.params import build, section
+from amadeus.pipeline import paths
+from amadeus.training import Outputs, TrainConfig, train
+
+__all__ = ["TrainConfig", "run", "train_config"]
+
+
+def train_config(train_params: Mapping[str, Any] | None, family: str) -> TrainConfig:
+    """params `train`: `defaults` for every family, then `<family>` overriding any of its keys."""
+    train_params = dict(train_params or {})
+    unknown = sorted(set(train_params) - {"defaults", *FAMILIES})
+    if unknown:
+        raise UserError(f"params.yaml: train.{unknown[0]}: unknown key; allowed: defaults, {', '.join(FAMILIES)}")
+    defaults = train_params.get("defaults") or {}
+    build(TrainConfig, defaults, "train.defaults")  # errors name the key where it is written
+    override = train_params.get(family) or {}
+    if not isinstance(override, Mapping):
+        raise UserError(f"params.yaml: train.{family}: expected a mapping of train keys")
+    return build(TrainConfig, {**defaults, **override}, f"train.{family}")
+
+
+def run(params: dict, root: Path, family: str) -> dict:
+    """Train (or resume) `family` on the `datasets`; returns the metrics (`interrupted` set when stopped)."""
+    cfg = train_config(section(params, "train"), family)
+    datasets = section(params, "datasets")
+    folders = [paths.processed_dir(name, root) for name in datasets]
+    out = Outputs(checkpoint=paths.checkpoint(family, root=root), tensorboard=paths.tensorboard_dir(family, root),
+                  plots=paths.plots_file(family, root), metrics=paths.metrics_file("train", family, root))
+    return train(family, section(params, f"models.{family}"), cfg, load_split(folders, "train"),
+                 load_split(folders, "validation"), out,
+                 params={"codec": {"flavour": section(params, "codec.flavour")}, "datasets": list(datasets)})

@@ -1,0 +1,72 @@
+"""amadeus.pipeline.paths and dvc.yaml name the same files, and every stage depends on its own code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from amadeus.pipeline import paths
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("download", "preprocess", "train", "calibrate", "quantize", "generate", "evaluate")
+
+
+def _stages(key: str) -> dict[str, dict]:
+    """dvc.yaml's stages with `${key}` replaced, as DVC expands `foreach` for that key."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    out = {}
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        out[name] = yaml.safe_load(yaml.safe_dump(body).replace("${key}", key))
+    return out
+
+
+def _names(entries: list) -> set[str]:
+    """Paths of a deps/outs/metrics/plots list (an entry may be a path or {path: options})."""
+    return {next(iter(e)) if isinstance(e, dict) else e for e in entries or []}
+
+
+def _posix(*ps: Path) -> set[str]:
+    return {p.as_posix() for p in ps}
+
+
+def test_dvc_outputs_are_the_paths_of_pipeline_paths():
+    s = _stages("x")
+    assert _names(s["download"]["outs"]) == _posix(paths.midi_dir("x"))
+    assert _names(s["preprocess"]["outs"]) == _posix(paths.processed_dir("x"))
+    assert _names(s["preprocess"]["metrics"]) == _posix(paths.metrics_file("preprocess", "x"))
+    assert paths.midi_dir("x").as_posix() in _names(s["preprocess"]["deps"])
+    assert _names(s["train"]["outs"]) == _posix(paths.checkpoint("x"), paths.tensorboard_dir("x"))
+    assert _names(s["train"]["metrics"]) == _posix(paths.metrics_file("train", "x"))
+    assert _names(s["train"]["plots"]) == _posix(paths.plots_file("x"))
+    assert _names(s["calibrate"]["outs"]) == _posix(paths.stats_file("x"))
+    assert _names(s["quantize"]["outs"]) == _posix(paths.checkpoint("x", "int8"))
+    assert {paths.checkpoint("x").as_posix(), paths.stats_file("x").as_posix()} <= _names(s["quantize"]["deps"])
+    assert _names(s["quantize"]["metrics"]) == _posix(paths.metrics_file("quantize", "x"))
+    assert _names(s["generate"]["outs"]) == _posix(paths.pieces_dir("x", "fp32").parent,
+                                                   paths.pieces_dir("x", "int8").parent)
+    assert _names(s["generate"]["metrics"]) == _posix(paths.metrics_file("generate", "x"))
+    assert _names(s["evaluate"]["metrics"]) == _posix(paths.metrics_file("evaluate"))
+    assert _names(s["evaluate"]["outs"]) == _posix(paths.metrics_file("evaluate", suffix=".md"))
+
+
+def test_every_stage_depends_on_its_script_and_pipeline_module_and_every_code_dep_exists():
+    s = _stages("x")
+    assert set(s) == set(STAGES)
+    for name, stage in s.items():
+        deps = _names(stage["deps"])
+        assert {f"stages/{name}.py", f"lib/amadeus/pipeline/{name}.py", "lib/amadeus/pipeline/paths.py"} <= deps, name
+        assert stage["cmd"].startswith(f"python stages/{name}.py"), name
+        for dep in deps:
+            if dep.startswith(("lib/", "stages/")):
+                assert (ROOT / dep).exists(), f"{name}: {dep} does not exist"
+
+
+def test_paths_are_relative_to_the_root():
+    root = Path("/work/space")
+    assert paths.checkpoint("performance_rnn", root=root) == root / "save/performance_rnn.sess"
+    assert paths.checkpoint("performance_rnn", "int8", root) == root / "save/performance_rnn.int8.sess"
+    assert paths.pieces_dir("perceiver_ar", "int8", root) == root / "output/perceiver_ar/int8"
+    assert paths.metrics_file("evaluate", root=root, suffix=".md") == root / "output/metrics/evaluate.md"
+    assert paths.downloads_dir("mine", root) == root / "dataset/downloads/mine"
