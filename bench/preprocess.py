@@ -38,8 +38,9 @@ import symusic  # noqa: E402
 
 from amadeus import codec  # noqa: E402
 from amadeus.hardware import machine  # noqa: E402
+from amadeus.pipeline import paths  # noqa: E402
 
-DEFAULT_DIR = Path("dataset/midi/maestro-sample")
+DEFAULT_DIR = paths.midi_dir("maestro-sample")
 
 
 # ---- baseline: pretty_midi + a per-note Python loop (note_seq semantics) ----

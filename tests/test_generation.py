@@ -20,6 +20,7 @@ from amadeus.errors import UserError
 from amadeus.generation import continue_midi
 from amadeus.models.performance_rnn import PerformanceRNN, PerformanceRNNConfig
 from amadeus.pipeline import generate as generate_stage
+from amadeus.pipeline import paths
 from amadeus.vocab import cut_seconds, event_seconds, strip_pad
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +131,7 @@ def test_continue_midi_greedy_and_beam():
 # --- checkpoints: the CLI function and the stage --------------------------------------------------
 
 def save_checkpoint(path: Path, net: PerformanceRNN, **extra) -> None:
-    """A .sess as the contract describes it (DESIGN.md §3)."""
+    """A .sess as the contract describes it (docs/contracts.md)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": "amadeus.sess/1", "family": net.family, "config": dataclasses.asdict(net.config),
                 "precision": "fp32", "model": net.state_dict(), "optimizer": {}, "scheduler": {},
@@ -141,12 +142,12 @@ def save_checkpoint(path: Path, net: PerformanceRNN, **extra) -> None:
 def checkpoint(tmp_path: Path) -> Path:
     """save/performance_rnn.sess and its int8 twin (dynamic ranges) in tmp_path."""
     pytest.importorskip("amadeus.checkpoint")
-    path = tmp_path / "save" / "performance_rnn.sess"
+    path = paths.checkpoint("performance_rnn", root=tmp_path)
     save_checkpoint(path, tiny_model())
     quant = pytest.importorskip("amadeus.quant")
     q = copy.deepcopy(tiny_model())
     info = quant.quantize_model(q, None)
-    save_checkpoint(tmp_path / "save" / "performance_rnn.int8.sess", tiny_model(), precision="int8",
+    save_checkpoint(paths.checkpoint("performance_rnn", "int8", tmp_path), tiny_model(), precision="int8",
                     model=q.state_dict(), quant=info)
     return path
 
@@ -165,11 +166,11 @@ def test_generate_cli_writes_midi_and_png(tmp_path, checkpoint, capsys):
     assert "200 events" in capsys.readouterr().out
 
 
-def test_generate_stage_writes_pieces_index_and_metrics(tmp_path, checkpoint):
+def test_generate_stage_writes_pieces_index_and_metrics(tmp_path, checkpoint, capsys):
     from amadeus import data
 
     # a processed dataset with one test piece, and one user file in input/
-    folder = tmp_path / "dataset" / "processed" / "mine"
+    folder = paths.processed_dir("mine", tmp_path)
     ids = codec.encode(prompt_midi(8.0))
     data.save_events(folder / "a.data", ids)
     (folder / "manifest.json").write_text(json.dumps({
@@ -183,14 +184,13 @@ def test_generate_stage_writes_pieces_index_and_metrics(tmp_path, checkpoint):
         "precisions": ["fp32", "int8"], "unconditioned": 1, "test_prompts": 2, "prompt_seconds": 2.0,
         "max_new_tokens": 120, "seconds": None, "render": True,
         "model_kwargs": {"perceiver_ar": {"num_latents": 1}}}}
-    logs: list[str] = []
-    metrics = generate_stage.run(params, tmp_path, "performance_rnn", quiet=True, log=logs.append)
+    metrics = generate_stage.run(params, tmp_path, "performance_rnn", quiet=True)
 
-    out = tmp_path / "output" / "performance_rnn" / "fp32"
+    out = paths.pieces_dir("performance_rnn", "fp32", tmp_path)
     index = json.loads((out / "index.json").read_text())
     names = [p["name"] for p in index["pieces"]]
     assert names == ["uncond_00", "test_a", "input_my_phrase"]
-    assert any("broken.mid" in line for line in logs)
+    assert "generate: skipping input/broken.mid" in capsys.readouterr().out
     assert len(index["skipped"]) == 1 and index["skipped"][0].startswith("input/broken.mid")
     for piece in index["pieces"]:
         for key in ("continuation", "full", "ids", "wav", "png"):
@@ -202,10 +202,10 @@ def test_generate_stage_writes_pieces_index_and_metrics(tmp_path, checkpoint):
     full = pretty_midi.PrettyMIDI(str(out / "test_a.full.mid"))
     assert min(n.start for n in full.instruments[0].notes) < 2.0 < full.get_end_time()
 
-    int8 = json.loads((tmp_path / "output" / "performance_rnn" / "int8" / "index.json").read_text())
+    int8 = json.loads((paths.pieces_dir("performance_rnn", "int8", tmp_path) / "index.json").read_text())
     assert int8["precision"] == "int8" and len(int8["pieces"]) == 3
 
-    saved = json.loads((tmp_path / "output" / "metrics" / "generate_performance_rnn.json").read_text())
+    saved = json.loads(paths.metrics_file("generate", "performance_rnn", tmp_path).read_text())
     assert saved == metrics
     for key in ("pieces", "tokens", "seconds", "tokens_per_second", "seconds_of_music", "real_time_factor"):
         assert key in saved and key in saved["fp32"] and key in saved["int8"]
@@ -239,9 +239,9 @@ def test_generate_stage_script_runs_and_fails_cleanly(tmp_path, checkpoint):
     done = stage("performance_rnn")
     assert done.returncode == 0, done.stderr
     assert "generate performance_rnn fp32: 1 pieces, 20 events" in done.stdout
-    metrics = json.loads((tmp_path / "output/metrics/generate_performance_rnn.json").read_text())
+    metrics = json.loads(paths.metrics_file("generate", "performance_rnn", tmp_path).read_text())
     assert metrics["tokens"] == 20 and metrics["precision"] == "fp32"
-    assert (tmp_path / "output/performance_rnn/fp32/uncond_00.mid").stat().st_size > 0
+    assert (paths.pieces_dir("performance_rnn", "fp32", tmp_path) / "uncond_00.mid").stat().st_size > 0
     bad = stage("perceiver_ar")
     assert bad.returncode == 2 and "perceiver_ar.sess: checkpoint not found" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -15,6 +15,8 @@ import pretty_midi
 import pytest
 import yaml
 
+from amadeus.pipeline import paths
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -65,7 +67,7 @@ def test_data_stages_run_once_then_only_what_changed(workspace: Path) -> None:
     out = _run(dvc + ["repro", "preprocess@mine"], workspace)
     assert "Running stage 'download@mine'" in out and "Running stage 'preprocess@mine'" in out
 
-    processed = workspace / "dataset/processed/mine"
+    processed = paths.processed_dir("mine", workspace)
     manifest = json.loads((processed / "manifest.json").read_text())
     assert len(manifest["pieces"]) == 10
     assert [s["source"] for s in manifest["skipped"]] == ["broken.mid"]
@@ -73,7 +75,7 @@ def test_data_stages_run_once_then_only_what_changed(workspace: Path) -> None:
     for piece in manifest["pieces"]:
         ids = np.load(processed / piece["file"], allow_pickle=False)
         assert ids.dtype == np.uint16 and len(ids) == piece["events"] > 0
-    metrics = json.loads((workspace / "output/metrics/preprocess_mine.json").read_text())
+    metrics = json.loads(paths.metrics_file("preprocess", "mine", workspace).read_text())
     assert metrics["files_total"] == 11 and metrics["files_ok"] == 10 and metrics["files_skipped"] == 1
     assert metrics["notes"] == 600
     before = {p.name: p.read_bytes() for p in processed.glob("*.data")}

@@ -35,9 +35,8 @@ def midi_dir(tmp_path):
 
 
 def test_parallel_and_serial_give_identical_outputs(midi_dir, tmp_path):
-    serial = preprocess(midi_dir, tmp_path / "s", PreprocessConfig(workers=1), codec.CodecConfig(), log=lambda *_: None)
-    parallel = preprocess(midi_dir, tmp_path / "p", PreprocessConfig(workers=2), codec.CodecConfig(),
-                          log=lambda *_: None)
+    serial = preprocess(midi_dir, tmp_path / "s", PreprocessConfig(workers=1), codec.CodecConfig())
+    parallel = preprocess(midi_dir, tmp_path / "p", PreprocessConfig(workers=2), codec.CodecConfig())
     for key in ("files_total", "files_ok", "files_skipped", "notes", "events"):
         assert serial[key] == parallel[key]
     assert (serial["files_total"], serial["files_ok"], serial["files_skipped"], serial["notes"]) == (8, 6, 2, 18)
@@ -54,9 +53,9 @@ def test_parallel_and_serial_give_identical_outputs(midi_dir, tmp_path):
 
 def test_rerun_replaces_the_folder_without_stale_files(midi_dir, tmp_path):
     out = tmp_path / "out"
-    preprocess(midi_dir, out, PreprocessConfig(workers=1), codec.CodecConfig(), log=lambda *_: None)
+    preprocess(midi_dir, out, PreprocessConfig(workers=1), codec.CodecConfig())
     (midi_dir / "p0.mid").unlink()
-    preprocess(midi_dir, out, PreprocessConfig(workers=1), codec.CodecConfig(), log=lambda *_: None)
+    preprocess(midi_dir, out, PreprocessConfig(workers=1), codec.CodecConfig())
     assert not (out / "p0.data").exists() and (out / "p2.data").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["midi", "out"]  # no staging or old folder left
 
@@ -65,7 +64,7 @@ def test_no_usable_file_is_an_error_and_leaves_nothing(tmp_path):
     (tmp_path / "midi").mkdir()
     (tmp_path / "midi" / "bad.mid").write_bytes(b"MThd")
     with pytest.raises(UserError, match="none of the 1 MIDI files is usable"):
-        preprocess(tmp_path / "midi", tmp_path / "out", PreprocessConfig(), codec.CodecConfig(), log=lambda *_: None)
+        preprocess(tmp_path / "midi", tmp_path / "out", PreprocessConfig(), codec.CodecConfig())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["midi"]
 
 

@@ -70,7 +70,7 @@ def test_clip_ranges():
 
 
 def test_qparams_match_distiller_example():
-    # REFERENCE.md §4.1: AVG range [-0.0872, 0.6292], asymmetric signed -> scale 1/355.95, zero point -97
+    # docs/quantization.md: AVG range [-0.0872, 0.6292], asymmetric signed -> scale 1/355.95, zero point -97
     qp = qparams_from_range(torch.tensor(-0.0872), torch.tensor(0.6292), "asymmetric_signed")
     assert 1 / qp.scale.item() == pytest.approx(355.95, abs=0.01)
     assert qp.zero_point.item() == -97

@@ -16,6 +16,7 @@ import pytest
 from test_downloader import make_tar, make_zip, running_server
 
 from amadeus.errors import UserError
+from amadeus.pipeline import paths
 from amadeus.sources import RECORD, SOURCE_KINDS, config_for, fetch, maestro_sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -383,7 +384,7 @@ def test_stage_script_fetches_and_reports(tmp_path, capsys, monkeypatch):
     stage = load_stage()
     stage.main(["mine", "--params", str(params)])
     assert "mine (local): 1 MIDI files" in capsys.readouterr().out
-    assert (tmp_path / "dataset/midi/mine/a.mid").exists()
+    assert (paths.midi_dir("mine", tmp_path) / "a.mid").exists()
     for name, message in [("bad", "is not a source kind"), ("absent", "missing section 'sources.absent'")]:
         with pytest.raises(SystemExit) as e:
             stage.main([name, "--params", str(params)])

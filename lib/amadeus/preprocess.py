@@ -56,7 +56,7 @@ def _encode_one(job: _Job) -> dict:
 
 
 def preprocess(midi_dir: str | os.PathLike, out_dir: str | os.PathLike, config: PreprocessConfig,
-               codec_config: codec.CodecConfig, *, log=print) -> dict:
+               codec_config: codec.CodecConfig) -> dict:
     """Encode every MIDI file under `midi_dir` into `out_dir`; returns the metrics dict."""
     midi_dir, out_dir = Path(midi_dir), Path(out_dir)
     if not midi_dir.is_dir():
@@ -75,7 +75,7 @@ def preprocess(midi_dir: str | os.PathLike, out_dir: str | os.PathLike, config: 
     pieces = [r for r in results if "reason" not in r]
     skipped = [r for r in results if "reason" in r]
     for s in skipped:
-        log(f"skipped {s['source']}: {s['reason']}")
+        print(f"skipped {s['source']}: {s['reason']}")
     if not pieces:
         shutil.rmtree(staging)
         raise UserError(f"{midi_dir}: none of the {len(rels)} MIDI files is usable (see the reasons above)")

@@ -63,8 +63,8 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80] or "piece"
 
 
-def collect_prompts(root: Path, datasets: list[str], config: GenerateConfig, flavour: str,
-                    log=print) -> tuple[list[Prompt], list[str]]:
+def collect_prompts(root: Path, datasets: list[str], config: GenerateConfig,
+                    flavour: str) -> tuple[list[Prompt], list[str]]:
     """(name, source, prompt ids or None) for every piece to generate, in a fixed order; and the
     input files skipped, with their reasons."""
     prompts: list[Prompt] = [(f"uncond_{i:02d}", "unconditioned", None) for i in range(config.unconditioned)]
@@ -83,7 +83,7 @@ def collect_prompts(root: Path, datasets: list[str], config: GenerateConfig, fla
                             cut_seconds(ids, config.prompt_seconds)))
             remaining -= 1
     if config.test_prompts and remaining == config.test_prompts:
-        log(f"generate: no test-split pieces in {', '.join(datasets)}; only unconditioned and input/ pieces")
+        print(f"generate: no test-split pieces in {', '.join(datasets)}; only unconditioned and input/ pieces")
     input_dir = root / config.input_dir
     files = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in (".mid", ".midi")) \
         if input_dir.is_dir() else []
@@ -93,7 +93,7 @@ def collect_prompts(root: Path, datasets: list[str], config: GenerateConfig, fla
         try:
             ids = encode_midi(path, flavour)
         except Exception as e:  # a broken file is skipped with its reason, never fatal (docs/contracts.md)
-            log(f"generate: skipping {source}: {e}")
+            print(f"generate: skipping {source}: {e}")
             skipped.append(f"{source}: {e}")
             continue
         prompts.append((f"input_{_safe(path.stem)}", source, ids))
@@ -165,7 +165,7 @@ def summarize(pieces: list[dict]) -> dict[str, float | int]:
             "real_time_factor": round(music / compute, 2) if compute else 0.0}
 
 
-def run(params: dict, root: Path, family: str, *, quiet: bool = False, log=print) -> dict:
+def run(params: dict, root: Path, family: str, *, quiet: bool = False) -> dict:
     """The whole generate@<family> stage: pieces of every precision, then the metrics file; returns the metrics."""
     root = Path(root)
     config = build(GenerateConfig, section(params, "generate"), "generate")
@@ -186,12 +186,12 @@ def run(params: dict, root: Path, family: str, *, quiet: bool = False, log=print
             raise UserError(f"{path}: checkpoint not found; run `dvc repro` (train/quantize {family}) "
                             f"or drop {precision} from generate.precisions")
         loaded = load(path, device)
-        prompts, skipped = collect_prompts(root, datasets, config, loaded.flavour, log=log)
+        prompts, skipped = collect_prompts(root, datasets, config, loaded.flavour)
         index = write_pieces(loaded, prompts, paths.pieces_dir(family, precision, root), config, family, quiet,
                              max_note_seconds, skipped)
         metrics[precision] = {**summarize(index["pieces"]), "skipped": len(skipped)}
         m = metrics[precision]
-        log(f"generate {family} {precision}: {m['pieces']} pieces, {m['tokens']:,} events, "
+        print(f"generate {family} {precision}: {m['pieces']} pieces, {m['tokens']:,} events, "
             f"{m['seconds_of_music']:.0f} s of music in {m['seconds']:.1f} s: {m['tokens_per_second']:,.0f} "
             f"events/s, {m['real_time_factor']:.1f}x real time")
     # The contract keys at the top level describe the first precision listed (fp32 by default).
