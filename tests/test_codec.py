@@ -188,17 +188,25 @@ def test_perceiver_io_velocity_bins():
 # ---- round trips ----
 @st.composite
 def note_lists(draw, grid: bool):
-    """Notes without pedal; notes of one pitch never overlap (they follow each other)."""
+    """Notes without pedal; notes of one pitch never overlap (they follow each other).
+
+    Grid times are whole 10 ms steps divided once (k / 100): summing 0.01-step floats drifts off the
+    representation of k / 100 (4.4399999999999995 vs 4.44), which changes the order of notes that
+    start on the same step, an artefact of the test, not of the codec.
+    """
     notes = []
     for pitch in draw(st.lists(st.integers(21, 108), min_size=1, max_size=6, unique=True)):
-        t = draw(st.integers(0, 300)) / 100 if grid else draw(st.floats(0, 3, allow_nan=False))
+        if grid:
+            k = draw(st.integers(0, 300))
+            for _ in range(draw(st.integers(1, 5))):
+                dur, gap = draw(st.integers(1, 450)), draw(st.integers(0, 250))
+                notes.append((k / 100, (k + dur) / 100, pitch, draw(st.integers(1, 127))))
+                k += dur + gap
+            continue
+        t = draw(st.floats(0, 3, allow_nan=False))
         for _ in range(draw(st.integers(1, 5))):
-            if grid:
-                dur = draw(st.integers(1, 450)) / 100
-                gap = draw(st.integers(0, 250)) / 100
-            else:
-                dur = draw(st.floats(0.001, 4.9))
-                gap = draw(st.floats(0.0, 2.5))
+            dur = draw(st.floats(0.001, 4.9))
+            gap = draw(st.floats(0.0, 2.5))
             notes.append((t, t + dur, pitch, draw(st.integers(1, 127))))
             t = t + dur + gap
     return notes
