@@ -79,7 +79,7 @@ def compare(reference: dict, segs: list[np.ndarray], config: EvaluateConfig, wha
             "features": {name: c.as_dict() for name, c in result.items()}}
 
 
-def nll(checkpoint: Path, splits: dict[str, list[np.ndarray]], codec_params: dict,
+def checkpoint_nll(checkpoint: Path, splits: dict[str, list[np.ndarray]], codec_params: dict,
         config: EvaluateConfig) -> dict:
     """val_nll / test_nll of one checkpoint on evenly spaced windows, as its training measured val_nll."""
     model, ckpt = load_model(checkpoint, device="cpu")
@@ -145,7 +145,7 @@ def build_report(params: dict, root: Path = Path(".")) -> dict:
                 continue
             entry: dict = {"checkpoint": str(checkpoint.relative_to(root)) if checkpoint.exists() else None}
             if checkpoint.exists():
-                entry.update(nll(checkpoint, nll_splits, codec_params, config))
+                entry.update(checkpoint_nll(checkpoint, nll_splits, codec_params, config))
             pieces, skipped = read_continuations(out_dir)
             entry["pieces"] = len(pieces)
             if skipped:

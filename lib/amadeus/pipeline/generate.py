@@ -23,10 +23,11 @@ from tqdm import tqdm
 from amadeus import data
 from amadeus.errors import UserError
 from amadeus.fileio import atomic_open, write_json
-from amadeus.generation import Loaded, continue_midi, cut_seconds, decode_ids, encode_midi, load
+from amadeus.generation import Loaded, continue_midi, decode_ids, encode_midi, load
 from amadeus.hardware import resolve_device
 from amadeus.params import as_dict, build, knob, section
 from amadeus.pipeline import paths
+from amadeus.vocab import cut_seconds
 
 
 @dataclass
