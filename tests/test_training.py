@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_performance_rnn import synthetic_piece
 
-from amadeus import checkpoint
+from amadeus import checkpoint, release_prior
 from amadeus.errors import UserError
 from amadeus.pipeline import paths
 from amadeus.pipeline.train import train_config
@@ -70,6 +70,9 @@ def test_outputs_metrics_plots_and_tensorboard(tmp_path, data):
                 "val_nll_controls"):
         assert key in saved and saved[key] == metrics[key]
     assert saved["tokens_per_second"] > 0 and saved["val_nll"] < np.log(388) + 1
+    # the release prior can only lower the NLL of the data it was fitted on (it starts from no bias)
+    assert saved["release_prior_train_nll_after"] <= saved["release_prior_train_nll_before"]
+    assert saved["release_prior_validation_events"] > 0
     rows = (tmp_path / "plots.csv").read_text().splitlines()
     assert rows[0] == "step,train_loss,val_loss"
     assert [int(r.split(",")[0]) for r in rows[1:]] == [3, 6, 8]
@@ -84,6 +87,8 @@ def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(tmp_path, dat
         assert key in raw, key
     assert raw["format"] == "amadeus.sess/1" and raw["precision"] == "fp32" and raw["codec"]["flavour"] == "magenta"
     assert isinstance(raw["rng"]["torch"], torch.Tensor)
+    prior = release_prior.ReleasePrior.from_dict(raw["release_prior"])   # fitted after the last step
+    assert len(prior.bias) == len(release_prior.AGE_EDGES) and any(b != 0 for b in prior.bias)
     assert raw["params"]["train"]["window"] == 24 and raw["params"]["datasets"] == ["synthetic"]
     model, ckpt = checkpoint.load_model(tmp_path / "save/m.sess")
     assert not model.training and ckpt["step"] == 2

@@ -131,6 +131,44 @@ def _terms(logp: np.ndarray, ids: np.ndarray, edges: Sequence[int]) -> _Terms:
     return _Terms(rest, per, lp[rows, ids], tb)
 
 
+def _stack(scored: Iterable[tuple[np.ndarray, np.ndarray]], edges: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    parts = [_terms(lp, ids, edges) for lp, ids in scored]
+    rest = torch.tensor(np.concatenate([p.rest for p in parts]))
+    # an empty bucket is -inf; a finite stand-in keeps the gradients finite (exp(-1e4) is 0 anyway)
+    buckets = torch.tensor(np.concatenate([p.buckets for p in parts])).clamp(min=-1e4)
+    target = torch.tensor(np.concatenate([p.target for p in parts]))
+    tb = torch.tensor(np.concatenate([p.target_bucket for p in parts]))
+    return rest, buckets, target, tb
+
+
+def _nll(data: tuple[torch.Tensor, ...], b: torch.Tensor) -> torch.Tensor:
+    """Mean NLL over allowed events with the biases b."""
+    rest, buckets, target, tb = data
+    norm = torch.logaddexp(rest, torch.logsumexp(buckets + b, dim=1))
+    gain = torch.where(tb >= 0, b[tb.clamp(min=0)], torch.zeros_like(target))
+    return (norm - target - gain).mean()
+
+
+def _figures(data: tuple[torch.Tensor, ...], b: torch.Tensor) -> dict:
+    rest, buckets, _, tb = data
+    zero = torch.zeros_like(b)
+
+    def off_mass(v: torch.Tensor) -> float:
+        released = torch.logsumexp(buckets + v, dim=1)
+        return float(torch.exp(released - torch.logaddexp(rest, released)).mean())
+
+    return {"nll_before": round(float(_nll(data, zero)), 4), "nll_after": round(float(_nll(data, b)), 4),
+            "note_off_probability_before": round(off_mass(zero), 4),
+            "note_off_probability_after": round(off_mass(b), 4),
+            "note_off_rate": round(float((tb >= 0).double().mean()), 4), "events": int(len(tb))}
+
+
+def score(prior: ReleasePrior, scored: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """The figures of `fit` for a given prior on other data (e.g. the validation split)."""
+    data = _stack(scored, prior.edges)
+    return _figures(data, torch.tensor(prior.bias, dtype=torch.float64))
+
+
 def fit(scored: Iterable[tuple[np.ndarray, np.ndarray]], edges: Sequence[int] = AGE_EDGES,
         l2: float = 1e-5) -> tuple[ReleasePrior, dict]:
     """Fit the biases on (log-probabilities [N,V], ids [N]) pairs, teacher-forced.
@@ -138,61 +176,49 @@ def fit(scored: Iterable[tuple[np.ndarray, np.ndarray]], edges: Sequence[int] = 
     Returns the prior and its figures: mean NLL over allowed events before and after, and the mean
     probability the model gives to note-offs before and after vs their true rate.
     """
-    parts = [_terms(lp, ids, edges) for lp, ids in scored]
-    rest = torch.tensor(np.concatenate([p.rest for p in parts]))
-    # an empty bucket is -inf; a finite stand-in keeps the gradients finite (exp(-1e4) is 0 anyway)
-    buckets = torch.tensor(np.concatenate([p.buckets for p in parts])).clamp(min=-1e4)
-    target = torch.tensor(np.concatenate([p.target for p in parts]))
-    tb = torch.tensor(np.concatenate([p.target_bucket for p in parts]))
+    data = _stack(scored, edges)
     bias = torch.zeros(len(edges), dtype=torch.float64, requires_grad=True)
-
-    def nll(b: torch.Tensor) -> torch.Tensor:
-        norm = torch.logaddexp(rest, torch.logsumexp(buckets + b, dim=1))
-        gain = torch.where(tb >= 0, b[tb.clamp(min=0)], torch.zeros_like(target))
-        return (norm - target - gain).mean()
-
     opt = torch.optim.LBFGS([bias], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = nll(bias) + l2 * (bias ** 2).sum()
+        loss = _nll(data, bias) + l2 * (bias ** 2).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
     b = bias.detach()
-    zero = torch.zeros_like(b)
-
-    def off_mass(v: torch.Tensor) -> float:
-        norm = torch.logaddexp(rest, torch.logsumexp(buckets + v, dim=1))
-        return float(torch.exp(torch.logsumexp(buckets + v, dim=1) - norm).mean())
-
-    figures = {"nll_before": float(nll(zero)), "nll_after": float(nll(b)),
-               "note_off_probability_before": off_mass(zero), "note_off_probability_after": off_mass(b),
-               "note_off_rate": float((tb >= 0).double().mean()), "events": int(len(target))}
+    figures = _figures(data, b)
     return ReleasePrior([round(float(x), 4) for x in b], list(edges)), figures
 
 
 
+def _scored(model: torch.nn.Module, pieces: Sequence[np.ndarray], events_per_piece: int,
+            device: torch.device | str) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    for ids in pieces:
+        ids = np.asarray(ids, dtype=np.int64)[:events_per_piece]
+        if len(ids):
+            logits = model.score(torch.as_tensor(ids, device=device)).float()[:, :VOCAB_SIZE]
+            yield logits.log_softmax(-1).cpu().numpy(), ids
+
+
 @torch.no_grad()
-def fit_model(model: torch.nn.Module, pieces: Sequence[np.ndarray], events_per_piece: int = 3000,
-              device: torch.device | str = "cpu") -> tuple[ReleasePrior, dict]:
-    """Fit the prior of `model` (any family with `score`) on the first events of each piece.
+def fit_model(model: torch.nn.Module, train: Sequence[np.ndarray], validation: Sequence[np.ndarray] = (),
+              events_per_piece: int = 3000, device: torch.device | str = "cpu") -> tuple[ReleasePrior, dict]:
+    """Fit the prior of `model` (any family with `score`) on the first events of each training piece,
+    and measure it on the validation pieces: figures `train_*` and `validation_*`.
 
     3,000 events per piece (about 40 s of music) keep the fit to seconds while covering every
     age bucket thousands of times on the default data.
     """
     was_training = model.training
     model.eval()
-
-    def scored() -> Iterable[tuple[np.ndarray, np.ndarray]]:
-        for ids in pieces:
-            ids = np.asarray(ids, dtype=np.int64)[:events_per_piece]
-            if len(ids):
-                logits = model.score(torch.as_tensor(ids, device=device)).float()[:, :VOCAB_SIZE]
-                yield logits.log_softmax(-1).cpu().numpy(), ids
-
     try:
-        return fit(scored())
+        prior, figures = fit(_scored(model, train, events_per_piece, device))
+        out = {f"train_{k}": v for k, v in figures.items()}
+        if len(validation):
+            out.update({f"validation_{k}": v for k, v in
+                        score(prior, _scored(model, validation, events_per_piece, device)).items()})
+        return prior, out
     finally:
         model.train(was_training)

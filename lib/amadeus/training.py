@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from amadeus import checkpoint
+from amadeus import checkpoint, release_prior
 from amadeus.errors import UserError
 from amadeus.fileio import atomic_open, write_json
 from amadeus.hardware import resolve_device
@@ -75,6 +75,8 @@ class TrainConfig:
     stretch: float = knob(0.05, min=0, lt=0.5, help="random time stretch by a factor in 1 +- this")
     max_steps: int = knob(1200, min=1)
     max_seconds: float = knob(230.0, gt=0, help="training time budget, summed over resumed runs")
+    release_prior_events: int = knob(3000, min=0, help="events per train piece the release prior is fitted "
+                                     "on after training (amadeus.release_prior); 0 = none")
     val_every: int = knob(200, min=1, help="steps between validations")
     val_windows: int = knob(64, min=1, help="evenly spaced validation windows (and train windows for train_nll)")
     log_every: int = knob(10, min=1, help="steps between TensorBoard points")
@@ -85,7 +87,7 @@ class TrainConfig:
 
 # Keys that may change between a run and its resumption (they do not define the model or data).
 BUDGET_KEYS = ("device", "cpu_precision", "cuda_bf16", "threads", "max_steps", "max_seconds", "val_every",
-               "val_windows", "log_every", "save_every_seconds", "on_mismatch")
+               "val_windows", "log_every", "save_every_seconds", "on_mismatch", "release_prior_events")
 
 
 @dataclass
@@ -282,6 +284,7 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
             "seconds": state["seconds"], "wall": state["wall"], "history": state["history"],
             "acc": list(state["acc"]),
             "window": window,
+            **({"release_prior": state["release_prior"]} if state.get("release_prior") else {}),
         })
 
     tokens_per_step = cfg.batch_size * (window + 1)
@@ -343,6 +346,11 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
     final = validate(final=True)  # deterministic: equals the row recorded at this step, if any
     if not state["history"] or state["history"][-1][0] != state["step"]:
         _record(state, final, board)
+    prior_figures = {}
+    if cfg.release_prior_events:
+        prior, prior_figures = release_prior.fit_model(model, train_arrays, val_arrays, cfg.release_prior_events,
+                                                       device)
+        state["release_prior"] = prior.as_dict()
     save()
     board.close()
     metrics = {
@@ -356,6 +364,7 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
     }
     if uses_controls:
         metrics["val_nll_controls"] = round(final["val_nll_controls"], 4)
+    metrics.update({f"release_prior_{k}": v for k, v in prior_figures.items()})
     metrics["device"] = str(device)
     metrics["interrupted"] = False
     _write_outputs(out, state["history"], {k: v for k, v in metrics.items() if k != "interrupted"})
