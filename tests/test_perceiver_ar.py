@@ -40,7 +40,7 @@ def tiny(**kw) -> PerceiverAR:
 def test_released_config_has_exactly_134_840_832_parameters():
     with torch.device("meta"):
         assert parameter_count(PerceiverAR(sam_giant_midi_config())) == 134_840_832
-        # REFERENCE.md §3.2: C 512, 8 layers (MAESTRO example) is 28,531,712
+        # docs/perceiver-ar.md#parameter-count: C 512, 8 layers (MAESTRO example) is 28,531,712
         cfg = PerceiverARConfig(max_seq_len=2048, max_latents=1024, num_channels=512, num_heads=8,
                                 num_self_attention_layers=8)
         assert parameter_count(PerceiverAR(cfg)) == 28_531_712
