@@ -9,8 +9,9 @@ Lightning, which `midi_processor.py` itself does not need, so the module is load
     /tmp/pio-codec-env/bin/python tools/make_perceiver_io_codec_fixture.py
 
 Files without pedal must encode identically with amadeus' "perceiver-io" flavour. With pedal we fold
-the sustain the way note_seq does instead of copying its sustain handling (REFERENCE.md §1.2), so the
-test asserts the specific differences (e.g. the notes it drops after the last pedal release).
+the sustain the way note_seq does instead of copying its sustain handling
+(docs/vocabulary.md#perceiver-io-encoding), so the test asserts the specific differences (e.g. the
+notes it drops after the last pedal release).
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def cases() -> dict[str, bytes]:
     out["two_instruments"] = piece(
         [(0.0, 0.3, 48, 40, 0), (0.1, 0.4, 52, 50, 1), (0.2, 0.5, 55, 60, 0), (0.2, 0.6, 55, 61, 1),
          (0.61, 0.9, 59, 70, 1)], instruments=2)
-    # pedal: REFERENCE.md §1.2's example (pedal 1-2 s, notes at 0.5/1.5/3/4 s), a re-strike under the
-    # pedal, and a sustain with no later note
+    # pedal: docs/vocabulary.md#perceiver-io-encoding's example (pedal 1-2 s, notes at 0.5/1.5/3/4 s),
+    # a re-strike under the pedal, and a sustain with no later note
     out["pedal_drops_late_notes"] = piece(
         [(0.5, 0.7, 60, 70), (1.5, 1.6, 62, 70), (3.0, 3.2, 64, 70), (4.0, 4.2, 65, 70)],
         pedal=[(1.0, 127), (2.0, 0)])
