@@ -1,7 +1,7 @@
 """Make the perceiver-io conformance fixture for tests/test_perceiver_ar.py.
 
 Runs in a side environment with perceiver-io's own package, never in the project's .venv
-(REFERENCE.md §3.5: perceiver-io 0.11.0 declares Python < 3.11):
+(docs/perceiver-ar.md#running-perceiver-io-0110: perceiver-io 0.11.0 declares Python < 3.11):
 
     python3.11 -m venv /tmp/pio-env && echo torch==2.13.0 > /tmp/pio-constraints.txt
     /tmp/pio-env/bin/pip install -c /tmp/pio-constraints.txt torch==2.13.0
@@ -19,7 +19,8 @@ Writes into OUT:
   greedy continuation (`prompt`, `num_latents`, `continuation`, per-step `prefix_lens`/`window_lens`)
   made by a loop that calls perceiver-io's forward with the documented schedule: the prompt's last
   num_latents tokens are latents; latents grow to max_latents, then the prefix to max_prefix_len,
-  then the window slides. Not its generate(): both of its modes depart from that schedule (§3.5).
+  then the window slides. Not its generate(): both of its modes depart from that schedule
+  (docs/perceiver-ar.md#generation-schedule-and-kv-cache).
 
 Random weights are scaled up (and LayerNorm weights/biases perturbed, so q_norm != kv_norm) so that
 greedy decoding does not collapse onto one token and layout mistakes change the output.
