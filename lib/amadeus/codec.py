@@ -2,14 +2,14 @@
 
 The ids themselves are defined in `amadeus.vocab`.
 
-Encoding follows note_seq 0.0.5 event for event (REFERENCE.md §1.1): `apply_sustain_control_changes`
+Encoding follows note_seq 0.0.5 event for event (docs/vocabulary.md#note_seq-encoding): `apply_sustain_control_changes`
 folds the sustain pedal into note durations, `quantize_note_sequence_absolute(ns, 100)` snaps times
 to an absolute 10 ms grid, `Performance` orders events and `PerformanceOneHotEncoding(32)` numbers
 them. The "perceiver-io" flavour reproduces krasserm/perceiver-io's `midi_processor.encode_midi`
-(REFERENCE.md §1.2) on the same sustain-folded notes, for checkpoints imported from there.
+(docs/vocabulary.md#perceiver-io-encoding) on the same sustain-folded notes, for checkpoints imported from there.
 
 Two front ends share one core: `encode` reads a `PrettyMIDI`, `encode_path` parses the file with
-symusic (C++, ~400x faster than pretty_midi, REFERENCE.md §9) and converts ticks to seconds the way
+symusic (C++, ~400x faster than pretty_midi, docs/midi-parsing.md#measured) and converts ticks to seconds the way
 pretty_midi does, bit for bit (files where notes of one pitch overlap go through pretty_midi, as
 symusic pairs their note-offs differently). Both reduce the piece to note arrays and call
 `encode_notes`, which is vectorised with numpy (no per-note Python loop).
