@@ -10,7 +10,7 @@ Augmentation, per window:
   whole piece stays in the piano range 21..108 (note-on/off ids shift by k);
 - time stretch by s uniform in [1 - stretch, 1 + stretch]: every event's absolute time is scaled and
   rounded to the 10 ms grid, and the time shifts are re-encoded from those times (no drift), as
-  Magenta's pipeline stretches performances (REFERENCE.md §2.6).
+  Magenta's pipeline stretches performances (docs/performance-rnn.md#magenta-performance-rnn).
 Control features (`amadeus.controls`) are computed after augmentation, from the window's own events
 and the events that follow it in the (augmented) piece.
 """
