@@ -7,7 +7,7 @@ last notes ring for `tail_seconds`, then scale the peak to -1 dBFS and write 16-
 stdlib `wave` module. The audio therefore lasts `midi.get_end_time() + tail_seconds` exactly (to the
 sample), which the tests check.
 
-Soundfont: pretty_midi's bundled TimGM6mb.sf2 (GPL-2, 6 MB; REFERENCE.md §7) unless one is given.
+Soundfont: pretty_midi's bundled TimGM6mb.sf2 (GPL-2, 6 MB; docs/rendering.md#soundfonts) unless one is given.
 The system library libfluidsynth is needed (Debian/Ubuntu: `libfluidsynth3`); without it
 `ensure_fluidsynth` raises a one-line UserError saying how to install it.
 """
