@@ -5,8 +5,8 @@ causal attention layer lets each latent attend to the whole prefix and to the la
 then a stack of causal self-attention layers runs over the latents only, so the deep part of the
 network costs O(m) per window however long the prefix is. Only latent positions produce logits.
 
-Layout facts reproduced from the released `krasserm/perceiver-ar-sam-giant-midi` (REFERENCE.md §3.2,
-§3.3; the 134M config has exactly 134,840,832 parameters):
+Layout facts reproduced from the released `krasserm/perceiver-ar-sam-giant-midi` (docs/perceiver-ar.md#architecture,
+docs/perceiver-ar.md#rotary-positions; the 134M config has exactly 134,840,832 parameters):
 - pre-LayerNorm residual layers; MLP = LN -> Linear(C, wC) -> GELU -> Linear(wC, C), no biases;
 - hybrid layer: queries from q_norm(latents); keys/values from cat[kv_norm(prefix), q_norm(latents)]
   (the latents' keys/values go through the *query* norm); only its output projection has a bias;
@@ -462,7 +462,7 @@ class PerceiverAR(nn.Module):
 
 
 def sam_giant_midi_config() -> PerceiverARConfig:
-    """The released krasserm/perceiver-ar-sam-giant-midi configuration (REFERENCE.md §3.1)."""
+    """The released krasserm/perceiver-ar-sam-giant-midi configuration (docs/perceiver-ar.md#released-model)."""
     return PerceiverARConfig(vocab_size=389, max_seq_len=6144, max_latents=2048, num_channels=768, num_heads=8,
                              num_self_attention_layers=18, num_rotary_layers=1, cross_attention_dropout=0.1,
                              attention_dropout=0.1, residual_dropout=0.1, abs_pos_emb=False, output_norm=True,
