@@ -1,12 +1,12 @@
 """Performance RNN: event embedding -> (optional controls) -> multi-layer GRU -> logits over 388 ids.
 
 After the conditional Performance RNN of Magenta (Simon & Oore, 2017) and its PyTorch port
-djosix/Performance-RNN-PyTorch (REFERENCE.md §2). Differences from the port, on purpose:
+djosix/Performance-RNN-PyTorch (docs/performance-rnn.md). Differences from the port, on purpose:
 - training runs the whole window through one `nn.GRU` call (cuDNN on GPU) instead of a Python loop
   per event; generation steps one event at a time with the hidden state carried;
 - the head reads the top GRU layer only, and there is no random initial-state network (h0 = 0);
 - controls are computed from the (augmented) events themselves (`amadeus.controls`), so transposition
-  can never roll the wrong channels (the port's bug, REFERENCE.md §2.2).
+  can never roll the wrong channels (the port's bug, docs/performance-rnn.md#controls).
 
 Layout of a training window of W+1 events e_0..e_W: the inputs are [start, e_0, ..., e_{W-1}] and
 the targets e_0..e_W, so every event of the window is predicted; the start id is a fixed event (the
@@ -83,7 +83,8 @@ class PerformanceRNN(nn.Module):
         self.uses_controls = config.controls  # the training loop passes controls only when True
         c = config
         self.embed = nn.Embedding(VOCAB_SIZE, c.embed_dim)
-        # +1: the "no control" flag (Magenta's optional_multiconditioned disable flag, REFERENCE.md §2.6)
+        # +1: the "no control" flag (Magenta's optional_multiconditioned disable flag,
+        # docs/performance-rnn.md#magenta-performance-rnn)
         in_dim = c.embed_dim + (1 + CONTROL_DIM if c.controls else 0)
         self.proj = nn.Linear(in_dim, c.input_size)
         self.act = nn.LeakyReLU(0.1)  # as the port's concat_input_fc activation
