@@ -1,4 +1,4 @@
-"""`.sess` checkpoints (DESIGN.md §3): a dict that `torch.load(path, weights_only=True)` reads.
+"""`.sess` checkpoints (docs/contracts.md#sess-checkpoints): a dict that `torch.load(path, weights_only=True)` reads.
 
 Keys: format ("amadeus.sess/1"), family, config (dict), precision ("fp32" | "int8"), model (state
 dict), optimizer, scheduler, step, rng (torch generator states as uint8 tensors: weights_only
