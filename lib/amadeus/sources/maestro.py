@@ -1,6 +1,6 @@
 """`maestro-v3`: the official MIDI-only zip of MAESTRO v3.0.0 with its train/validation/test split.
 
-1276 performances, 198.7 h, 7.04 M notes (REFERENCE.md §5.1); CC BY-NC-SA 4.0. The zip holds
+1276 performances, 198.7 h, 7.04 M notes (docs/datasets.md#maestro-v300); CC BY-NC-SA 4.0. The zip holds
 `maestro-v3.0.0/<year>/<file>.midi` plus `maestro-v3.0.0.csv`/`.json`, whose `split` column is the
 official split (a composition never spans two splits); it becomes `split.csv` for preprocess.
 """
