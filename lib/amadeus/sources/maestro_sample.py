@@ -1,7 +1,8 @@
 """`maestro-sample`: the embedded default data, 10 full MAESTRO performances (~170 min, ~102k notes).
 
-They ship as test fixtures inside the source distribution of miditok 3.1.0 (REFERENCE.md §5.3), so
-pip, the package client every user already has, fetches them from PyPI. The sdist is pinned by
+They ship as test fixtures inside the source distribution of miditok 3.1.0
+(docs/datasets.md#midi-inside-pypi-packages), so pip, the package client every user already has,
+fetches them from PyPI. The sdist is pinned by
 version and sha256, and each extracted file by md5. Files: CC BY-NC-SA 4.0 (MAESTRO); miditok code: MIT.
 """
 
@@ -26,7 +27,7 @@ PACKAGE, VERSION = "miditok", "3.1.0"
 SDIST = f"{PACKAGE}-{VERSION}.tar.gz"
 SHA256 = "1f905b9be87a57dac28a86c1c7a7565674a5d2e57b2f650bc2fea97792f6bdef"
 MEMBER = re.compile(r"tests/MIDIs_one_track/(Maestro_\d+\.mid)")
-MD5 = {  # REFERENCE.md §5.3, identical in symusic 0.6.0's sdist
+MD5 = {  # docs/datasets.md#midi-inside-pypi-packages, identical in symusic 0.6.0's sdist
     "Maestro_1.mid": "703692bbd148bc0fafa2ebf2c796d8bd",
     "Maestro_2.mid": "066a66737524377a518c154f7a6dc70f",
     "Maestro_3.mid": "c532439a8d88d20bce750846609b6a64",
