@@ -4,7 +4,7 @@ Per module: `inputs` (by positional index, tensors only) and `output`, each with
     min, max        extremes over all calls
     avg_min/avg_max mean over forward calls of the per-call minimum/maximum, where a call's value
                     is the batch mean of the per-sample min/max (sample = row of x.view(B, -1));
-                    this is the Amadeus fork's definition (REFERENCE.md §4.2), not latest
+                    this is the Amadeus fork's definition (docs/quantization.md#calibration-statistics), not latest
                     Distiller's running mean that weighs the first call too much
     mean            mean over calls of the tensor mean
     std             standard deviation over all elements of all calls (Welford/Chan merge)
