@@ -1,6 +1,6 @@
 """Linear (affine) 8-bit quantization: per-channel weights, per-tensor activation ranges.
 
-Formulas follow Distiller's `q_utils.py` (REFERENCE.md §4.1), written in PyTorch's convention
+Formulas follow Distiller's `q_utils.py` (docs/quantization.md#distiller-formulas), written in PyTorch's convention
 `real = (q - zero_point) * scale`:
 
 - asymmetric: the range is widened to contain 0 (so 0 is exact), 256 levels span [lo, hi];
