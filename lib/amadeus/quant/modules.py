@@ -3,8 +3,8 @@
 The decomposed GRU computes exactly what `nn.GRU` computes, but from explicit modules so that
 calibration hooks see every tensor: per layer a `fc_gate_x` Linear (input -> 3H gates), a `fc_gate_h`
 Linear (hidden -> 3H gates) and one module per element-wise add/multiply. Unlike the Amadeus fork of
-Distiller (REFERENCE.md §4.3), no element-wise module is reused for several operations, so each one's
-statistics describe one tensor.
+Distiller (docs/quantization.md#the-gru-in-the-amadeus-fork), no element-wise module is reused for
+several operations, so each one's statistics describe one tensor.
 
 `Int8Linear` holds real int8 weights (one scale and zero point per output channel). Its CPU fast path
 quantizes the input to int8 with a static range from calibration and multiplies with
