@@ -1,8 +1,8 @@
 """Control features of the conditional Performance RNN: what the next 2 seconds hold.
 
 For every event position t, over the note-ons that come at or after t and start less than 2 s after
-t's time (a forward-looking window, as in djosix/Performance-RNN-PyTorch and Magenta; REFERENCE.md
-§2.2, §2.6), a 24-dim vector:
+t's time (a forward-looking window, as in djosix/Performance-RNN-PyTorch and Magenta; docs/performance-rnn.md#controls,
+docs/performance-rnn.md#magenta-performance-rnn), a 24-dim vector:
 - [0:12]  pitch-class histogram of those note-ons (pitch mod 12), normalised; uniform if none;
 - [12:24] note density: one-hot of the note-on count, bins [0-3], [4-6], ..., [34+) (djosix's
   edges 1, 4, ..., 34 notes per 2 s).
