@@ -2,8 +2,9 @@
 
 The directory holds `config.json` (perceiver-io's backend config under `model_config`) and the
 weights as `pytorch_model.bin` (a plain state dict; loaded with `weights_only=True`, so no code from
-the file runs) or `model.safetensors`. Layout facts: REFERENCE.md §3.1-3.3. The checkpoint records
-codec flavour "perceiver-io": that model was trained on perceiver-io's own MIDI encoding (§1.2).
+the file runs) or `model.safetensors`. Layout facts: docs/perceiver-ar.md. The checkpoint records
+codec flavour "perceiver-io": that model was trained on perceiver-io's own MIDI encoding
+(docs/vocabulary.md#perceiver-io-encoding).
 """
 
 from __future__ import annotations
