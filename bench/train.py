@@ -3,7 +3,7 @@
 The candidate is amadeus' training step (embedding -> controls -> Linear -> nn.GRU over the whole
 window in one call -> head -> loss -> backward -> AdamW). The baseline is the same model with the
 same weights stepped event by event through nn.GRUCell in a Python loop, as the peer
-implementation (djosix/Performance-RNN-PyTorch, REFERENCE.md §2.3) trains. Both run in one process,
+implementation (djosix/Performance-RNN-PyTorch, docs/performance-rnn.md#model) trains. Both run in one process,
 interleaved, threads pinned; the median of the repeats is reported with the ratio.
 
     python bench/train.py              # 3x512 GRU, batch 64, window 200
