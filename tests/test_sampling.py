@@ -1,4 +1,8 @@
-"""Decoding: filters on crafted logits, greedy, seeds, beam search against brute force, errors, shapes."""
+"""Decoding: filters on crafted logits, greedy, seeds, beam search against brute force, errors, shapes.
+
+Tests of the raw model distribution pass `rules=None` (the state masks are on by default; their own
+tests are in test_performance_state.py and at the end of this file).
+"""
 
 from __future__ import annotations
 
@@ -108,7 +112,7 @@ def model() -> TinyGRU:
 
 def test_greedy_follows_the_argmax_path(model):
     prompt = torch.tensor([[60, 300, 188]])
-    ids = generate(model, prompt, 12)
+    ids = generate(model, prompt, 12, rules=None)  # raw: the model's own argmax
     assert ids.shape == (1, 15) and torch.equal(ids[:, :3], prompt)
     logits, state = model.prefill(prompt)
     for t in range(12):
@@ -189,7 +193,7 @@ def test_batch_shapes_and_independence(model):
 
 def test_scores_are_the_summed_log_probabilities(model):
     prompt = torch.tensor([[10, 270]])
-    ids, scores = generate(model, prompt, 6, do_sample=True, seed=5, return_scores=True)
+    ids, scores = generate(model, prompt, 6, do_sample=True, seed=5, return_scores=True, rules=None)
     assert torch.allclose(scores, sequence_logprob(model, prompt, ids[:, 2:]), atol=1e-4)
 
 
@@ -247,7 +251,7 @@ def reference_beam(model: TinyGRU, prompt: torch.Tensor, beams: int) -> list[tup
 def test_wide_beam_finds_the_brute_force_optimum(small):
     prompt = torch.tensor([[1, 3]])
     every, logp = brute_force(small, prompt)
-    ids, score = generate(small, prompt, L, num_beams=V ** (L - 1), return_scores=True)
+    ids, score = generate(small, prompt, L, num_beams=V ** (L - 1), return_scores=True, rules=None)
     best = int(logp.argmax())
     assert ids[0, 2:].tolist() == every[best].tolist()
     assert math.isclose(float(score[0]), float(logp[best]), abs_tol=1e-4)
@@ -256,7 +260,8 @@ def test_wide_beam_finds_the_brute_force_optimum(small):
 @pytest.mark.parametrize("beams", [2, 3])
 def test_narrow_beam_matches_a_reference_beam_search(small, beams):
     prompt = torch.tensor([[4]])
-    ids, scores = generate(small, prompt, L, num_beams=beams, num_return_sequences=beams, return_scores=True)
+    ids, scores = generate(small, prompt, L, num_beams=beams, num_return_sequences=beams, return_scores=True,
+                           rules=None)
     ref = reference_beam(small, prompt, beams)
     assert [row[1:].tolist() for row in ids] == [seq for _, seq in ref]
     assert torch.allclose(scores, torch.tensor([s for s, _ in ref]), atol=1e-4)
@@ -266,14 +271,15 @@ def test_narrow_beam_matches_a_reference_beam_search(small, beams):
 
 def test_one_beam_is_greedy_and_beam_batches_are_independent(small):
     prompts = torch.tensor([[0, 1], [2, 2]])
-    assert torch.equal(generate(small, prompts, L, num_beams=1), generate(small, prompts, L))
-    both = generate(small, prompts, L, num_beams=3)
-    assert torch.equal(both[1], generate(small, prompts[1:], L, num_beams=3)[0])
+    raw = {"rules": None}
+    assert torch.equal(generate(small, prompts, L, num_beams=1, **raw), generate(small, prompts, L, **raw))
+    both = generate(small, prompts, L, num_beams=3, **raw)
+    assert torch.equal(both[1], generate(small, prompts[1:], L, num_beams=3, **raw)[0])
 
 
 def test_beam_sampling_is_seeded_and_valid(small):
-    a = generate(small, torch.tensor([[1]]), L, num_beams=3, do_sample=True, seed=0)
-    b = generate(small, torch.tensor([[1]]), L, num_beams=3, do_sample=True, seed=0)
+    a = generate(small, torch.tensor([[1]]), L, num_beams=3, do_sample=True, seed=0, rules=None)
+    b = generate(small, torch.tensor([[1]]), L, num_beams=3, do_sample=True, seed=0, rules=None)
     assert torch.equal(a, b) and a.shape == (1, 1 + L) and (a < V).all()
 
 

@@ -15,6 +15,17 @@ Ids at or above PAD_ID (388; Perceiver AR has a PAD logit) are never produced. A
 reached `max_seconds` of music (summed TIME_SHIFT events) stops; it is padded with PAD_ID until the
 whole batch stops, as Hugging Face pads after EOS.
 
+Playing rules (amadeus.playing_rules) act as Hugging Face's logits processors, before temperature,
+top-k and top-p: `rules` (default: `DEFAULT_RULES`, no musician rule) masks, in every decoding
+mode alike, the events the decoder would drop or cut and those the rules forbid, tracking what
+sounds in `amadeus.performance_state` (the prompt is replayed first). That is on by default because
+unmasked sampling leaves a wall of held notes; `rules=None` decodes the raw model distribution (for
+scoring, or any use that needs the model's own probabilities). Scores and beam scores are then
+log-probabilities under the masked, renormalised distribution. The codec the ids will be decoded
+with (`codec`: flavour, max_note_seconds; default magenta, 5 s) sets velocity bins and the note cap.
+With a conditional Performance RNN, `rules.controls` ("prompt" by default) passes a control vector
+made from each prompt (`playing_rules.prompt_controls`) unless `model_kwargs` gives `controls`.
+
     ids = generate(model, prompt, 500, do_sample=True, top_p=0.95, seed=0)   # or, with GenerationMixin,
     ids = model.generate(prompt, 500, do_sample=True, top_p=0.95, seed=0)
 """
@@ -27,7 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from amadeus.codec import CodecConfig
 from amadeus.errors import UserError
+from amadeus.performance_state import PerformanceState
+from amadeus.playing_rules import DEFAULT_RULES, PlayingRules, prompt_controls
 from amadeus.vocab import PAD_ID, STEPS_PER_SECOND, TIME_SHIFT, TIME_SHIFT_LAST
 
 PromptLike = torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]] | None
@@ -156,21 +170,31 @@ def generate(model: torch.nn.Module, prompt_ids: PromptLike = None, max_new_toke
              do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              num_beams: int = 1, num_return_sequences: int = 1, seed: int | None = None,
              batch_size: int = 1, max_seconds: float | None = None,
-             model_kwargs: Mapping[str, Any] | None = None,
+             model_kwargs: Mapping[str, Any] | None = None, rules: PlayingRules | None = DEFAULT_RULES,
+             codec: CodecConfig | None = None,
              return_scores: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Continue `prompt_ids` ([T] or [B, T]; None = from the model's start, `batch_size` rows).
 
     Returns LongTensor [B * num_return_sequences, T + n] (prompt, then n <= max_new_tokens new ids;
     rows that stopped early at `max_seconds` are padded with PAD_ID). With `return_scores`, also the
-    summed log-probability (nats, untempered model distribution) of each row's new tokens; for beam
-    search that is the beam score. `seed` makes the result repeatable without touching the global RNG.
+    summed log-probability (nats, untempered; under the rules' masks when `rules` is not None) of
+    each row's new tokens; for beam search that is the beam score. `rules`: see the module docstring
+    (None = raw sampling). `seed` makes the result repeatable without touching the global RNG.
     """
     check_args(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                num_beams=num_beams, num_return_sequences=num_return_sequences, do_sample=do_sample,
                max_seconds=max_seconds, batch_size=batch_size)
+    if rules is not None and not isinstance(rules, PlayingRules):
+        raise UserError(f"generate: rules must be PlayingRules or None, got {type(rules).__name__}")
     device = _model_device(model)
     prompt = _as_prompt(prompt_ids, batch_size, device)
     kwargs = dict(model_kwargs or {})
+    tracker = None  # what sounds in each row, for the rules' masks
+    if rules is not None:
+        codec = codec or CodecConfig()
+        tracker = PerformanceState(prompt, rules, flavour=codec.flavour,
+                                   decoder_max_note_seconds=codec.max_note_seconds, device=device)
+        kwargs.update(_controls(model, prompt, rules, kwargs))
     # A model that cannot start from nothing names its first token as `bos_id` (Hugging Face's
     # bos_token_id); it is fed as the prompt and left out of the result.
     bos = getattr(model, "bos_id", None) if prompt.shape[1] == 0 else None
@@ -185,17 +209,41 @@ def generate(model: torch.nn.Module, prompt_ids: PromptLike = None, max_new_toke
                 torch.manual_seed(seed)
             if num_beams > 1:
                 ids, scores = _beam_search(model, prompt, max_new_tokens, num_beams, num_return_sequences,
-                                           do_sample, temperature, top_k, top_p, max_seconds, kwargs)
+                                           do_sample, temperature, top_k, top_p, max_seconds, kwargs, tracker)
             else:
                 if num_return_sequences > 1:
-                    prompt = prompt.repeat_interleave(num_return_sequences, dim=0)
+                    repeat = torch.arange(prompt.shape[0], device=device).repeat_interleave(num_return_sequences)
+                    prompt = prompt[repeat]
+                    if tracker is not None:
+                        tracker.reorder(repeat)
+                    if isinstance(kwargs.get("controls"), torch.Tensor):
+                        kwargs["controls"] = kwargs["controls"][repeat]
                 ids, scores = _sample(model, prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
-                                      max_seconds, kwargs, return_scores)
+                                      max_seconds, kwargs, return_scores, tracker)
     finally:
         model.train(was_training)
     if bos is not None:
         ids = ids[:, 1:]
     return (ids, scores) if return_scores else ids
+
+
+def _controls(model, prompt: torch.Tensor, rules: PlayingRules, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """{"controls": [B, 24]} for a model conditioned on controls, as `rules.controls` asks; else {}."""
+    explicit = not isinstance(rules.controls, str)
+    if not getattr(model, "uses_controls", False):
+        if explicit:
+            family = getattr(model, "family", type(model).__name__)
+            raise UserError(f"generate: controls were given, but this {family} model was trained without them")
+        return {}
+    if "controls" in kwargs:  # the caller's own controls win
+        return {}
+    vectors = [prompt_controls(row, rules) for row in prompt.cpu().numpy()]
+    if all(v is None for v in vectors):
+        return {}
+    from amadeus.controls import control_vector
+
+    rows = [control_vector() if v is None else v for v in vectors]  # a row with nothing to go on: neutral
+    return {"controls": torch.as_tensor(np.stack(rows), device=prompt.device)}
 
 
 def _prefill(model, prompt: torch.Tensor, kwargs: dict):
@@ -241,7 +289,7 @@ def draw(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: 
 
 
 def _sample(model, prompt, max_new_tokens, do_sample, temperature, top_k, top_p, max_seconds, kwargs,
-            want_scores):
+            want_scores, tracker: PerformanceState | None):
     """Greedy or ancestral sampling, one token per row per step (scores only when asked)."""
     rows = prompt.shape[0]
     scores = torch.zeros(rows, device=prompt.device)
@@ -254,6 +302,8 @@ def _sample(model, prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
     tokens = []  # stacked once at the end: one op per step fewer than writing into a buffer
     for t in range(max_new_tokens):
         logits = _real(logits).float()
+        if tracker is not None:
+            logits = tracker.mask(logits)
         if do_sample:
             token = draw(logits, temperature, top_k, top_p)
         else:
@@ -265,6 +315,8 @@ def _sample(model, prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
             logp = logits.log_softmax(dim=-1).gather(1, token.clamp(max=logits.shape[-1] - 1)[:, None])
             scores += logp.squeeze(1).masked_fill(done, 0.0)
         tokens.append(token)
+        if tracker is not None:
+            tracker.update(token)
         if max_seconds is not None:
             # time only grows (finished rows add PAD = 0 s), so "reached the limit" never reverts
             done = clock.advance(token.masked_fill(done, 0) if any_done else token)
@@ -278,7 +330,7 @@ def _sample(model, prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
 
 
 def _beam_search(model, prompt, max_new_tokens, num_beams, num_return, do_sample, temperature, top_k,
-                 top_p, max_seconds, kwargs):
+                 top_p, max_seconds, kwargs, tracker: PerformanceState | None):
     """Beam search over summed log-probabilities (log_softmax per step, added along the beam).
 
     All beams have the same length (there is no end token), so no length penalty is needed; a beam
@@ -295,6 +347,8 @@ def _beam_search(model, prompt, max_new_tokens, num_beams, num_return, do_sample
     expand = torch.arange(batch, device=device).repeat_interleave(k)
     state = model.reorder_state(state, expand)
     logits = logits[expand]
+    if tracker is not None:
+        tracker.reorder(expand)
     width = _real(logits).shape[-1]  # the PAD candidate gets column `width`
     clock = _Clock(width + 1, batch * k, max_seconds, device)
     beam_scores = torch.zeros(batch, k, device=device)
@@ -305,6 +359,8 @@ def _beam_search(model, prompt, max_new_tokens, num_beams, num_return, do_sample
     offsets = (torch.arange(batch, device=device) * k)[:, None]
     for t in range(max_new_tokens):
         real = _real(logits).float()
+        if tracker is not None:
+            real = tracker.mask(real)
         _check_not_empty(real)
         logp = real.log_softmax(dim=-1)
         pad_col = torch.full((batch * k, 1), float("-inf"), device=device)
@@ -334,6 +390,9 @@ def _beam_search(model, prompt, max_new_tokens, num_beams, num_return, do_sample
         done = done[origin]
         clock.reorder(origin)
         state = model.reorder_state(state, origin)
+        if tracker is not None:
+            tracker.reorder(origin)
+            tracker.update(token)
         reached = clock.advance(column.masked_fill(done, 0))
         if reached is not None:
             done = done | reached
