@@ -18,9 +18,11 @@ import torch
 from amadeus import codec
 from amadeus.errors import UserError
 from amadeus.generation import continue_midi
+from amadeus.keys import Key
 from amadeus.models.performance_rnn import PerformanceRNN, PerformanceRNNConfig
 from amadeus.pipeline import generate as generate_stage
 from amadeus.pipeline import paths
+from amadeus.playing_rules import PlayingRules
 from amadeus.vocab import cut_seconds, event_seconds, strip_pad
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +130,53 @@ def test_continue_midi_greedy_and_beam():
     assert beam["tokens"] == 8
 
 
+def scale_midi(seconds: float = 4.0) -> pretty_midi.PrettyMIDI:
+    """C major scales, up and down."""
+    pm = pretty_midi.PrettyMIDI()
+    piano = pretty_midi.Instrument(program=0)
+    scale = [60, 62, 64, 65, 67, 69, 71, 72, 71, 69, 67, 65, 64, 62]
+    for i, t in enumerate(np.arange(0.0, seconds - 0.25, 0.25)):
+        piano.notes.append(pretty_midi.Note(80, scale[i % len(scale)], t, t + 0.2 + 0.3 * (i % 7 == 0)))
+    pm.instruments.append(piano)
+    return pm
+
+
+def test_continue_midi_samples_within_the_rules_and_reports_the_key():
+    prompt = scale_midi(4.0)
+    rules = PlayingRules(key="auto", lowest="C3", highest="C6", max_polyphony=2, velocity_low=50, velocity_high=90)
+    out = continue_midi(tiny_model(), prompt, seconds=6.0, seed=0, rules=rules, return_full=True)
+    assert out["key"] == "C major"
+    ons = out["ids"][out["ids"] < 128]
+    assert len(ons) and (ons >= 48).all() and (ons <= 84).all()
+    assert Key(0, "major").pitch_class_mask()[ons % 12].all()
+    notes = out["continuation"].instruments[0].notes
+    assert all(50 <= n.velocity <= 90 for n in notes)
+    assert out["discarded"]["total"] == out["discarded"]["zero_length"] == 0  # ended on a time shift
+
+
+def test_continue_midi_by_default_discards_nothing_and_raw_sampling_does():
+    masked = continue_midi(tiny_model(), prompt_midi(3.0), max_new_tokens=1500, seed=0)
+    raw = continue_midi(tiny_model(), prompt_midi(3.0), max_new_tokens=1500, seed=0, rules=None)
+    ids = masked["ids"]
+    last_shift = np.flatnonzero((ids >= 256) & (ids < 356))[-1]
+    struck_at_the_end = int((ids[last_shift + 1:] < 128).sum())  # no time left to sound: decode drops them
+    assert masked["discarded"]["total"] == masked["discarded"]["zero_length"] == struck_at_the_end
+    assert raw["discarded"]["total"] > 100 and raw["discarded"]["stray_note_off"] > 0
+
+
+def test_seconds_win_over_the_default_event_cap_and_stopping_short_is_said():
+    out = continue_midi(tiny_model(), None, seconds=15.0, seed=2)  # more than 1000 events may be needed
+    assert out["seconds"] >= 15.0 and out["warnings"] == [] or all("stopped" not in w for w in out["warnings"])
+    short = continue_midi(tiny_model(), None, seconds=30.0, max_new_tokens=40, seed=2)
+    assert short["seconds"] < 30.0
+    assert any("stopped at" in w and "max_new_tokens=40" in w for w in short["warnings"])
+
+
+def test_auto_key_without_prompt_notes_is_a_warning():
+    out = continue_midi(tiny_model(), None, max_new_tokens=30, seed=0, rules=PlayingRules(key="auto"))
+    assert out["key"] is None and any("key auto" in w for w in out["warnings"])
+
+
 # --- checkpoints: the CLI function and the stage --------------------------------------------------
 
 def save_checkpoint(path: Path, net: PerformanceRNN, **extra) -> None:
@@ -164,6 +213,40 @@ def test_generate_cli_writes_midi_and_png(tmp_path, checkpoint, capsys):
     assert pretty_midi.PrettyMIDI(str(full)).get_end_time() > pretty_midi.PrettyMIDI(str(out)).get_end_time()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "200 events" in capsys.readouterr().out
+
+
+def test_generate_cli_rule_flags_and_their_errors(tmp_path, checkpoint, capsys):
+    from amadeus.cli import main
+
+    prompt = tmp_path / "in.mid"
+    scale_midi().write(str(prompt))
+    out = tmp_path / "out.mid"
+    main(["generate", "--checkpoint", str(checkpoint), "--prompt", str(prompt), "--seconds", "3", "--seed", "0",
+          "--key", "auto", "--lowest", "C3", "--highest", "72", "--velocity-range", "40-100", "--max-polyphony",
+          "3", "--max-silence", "1", "--max-note-seconds", "2", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert "in C major (estimated from the prompt)" in printed.out
+    notes = pretty_midi.PrettyMIDI(str(out)).instruments[0].notes
+    assert notes and all(48 <= n.pitch <= 72 and 40 <= n.velocity <= 100 and n.end - n.start <= 2.0 + 1e-6
+                         for n in notes)
+    for flags, flag in ((["--key", "H major"], "--key"), (["--velocity-range", "loud"], "--velocity-range"),
+                        (["--velocity-range", "90-40"], "--velocity-range"), (["--lowest", "Q1"], "--lowest"),
+                        (["--max-polyphony", "0"], "--max-polyphony"), (["--key-strength", "x"], "--key-strength"),
+                        (["--controls", "maybe"], "--controls"), (["--max-silence", "-1"], "--max-silence")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["generate", "--checkpoint", str(checkpoint), "--length", "5", "--out", str(out), *flags])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {flag}: ") and "\n" not in err and "allowed" in err
+
+
+def test_generate_cli_prints_warnings_to_stderr(tmp_path, checkpoint, capsys):
+    from amadeus.cli import main
+
+    main(["generate", "--checkpoint", str(checkpoint), "--seconds", "30", "--length", "20", "--seed", "0",
+          "--out", str(tmp_path / "out.mid")])
+    err = capsys.readouterr().err
+    assert "warning: the continuation stopped at" in err and "--length" in err
 
 
 def test_generate_stage_writes_pieces_index_and_metrics(tmp_path, checkpoint, capsys):

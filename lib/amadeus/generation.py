@@ -9,11 +9,17 @@ state the prompt left (the seed project restarted from a start event after the p
 the new events are decoded back to a PrettyMIDI that starts at 0 s. `full` is prompt and continuation
 decoded as one event stream, so notes still held when the prompt ends are released where the model
 says and the continuation starts exactly where the prompt's time ends.
+
+Sampling follows `rules` (amadeus.playing_rules: key, register, polyphony, velocity range, rests,
+note length, controls). Even with none given, the sampler knows what is sounding and never writes
+an event the decoder would drop (amadeus.performance_state); `rules=None` samples the raw model.
+After generation, `warnings` names a continuation that loops, goes silent or stops short.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,10 +30,13 @@ import numpy as np
 import pretty_midi
 import torch
 
+from amadeus.codec import CodecConfig
+from amadeus.continuation_checks import continuation_warnings, event_cap
 from amadeus.errors import UserError
 from amadeus.hardware import resolve_device
+from amadeus.playing_rules import AUTO_KEY, DEFAULT_RULES, PlayingRules, RuleError
 from amadeus.sampling import generate
-from amadeus.vocab import cut_seconds, event_seconds, strip_pad
+from amadeus.vocab import VELOCITY, VOCAB_SIZE, cut_seconds, event_seconds, strip_pad
 
 DEFAULT_FLAVOUR = "magenta"
 MidiLike = pretty_midi.PrettyMIDI | str | os.PathLike
@@ -50,6 +59,14 @@ def decode_ids(ids: np.ndarray | torch.Tensor, flavour: str = DEFAULT_FLAVOUR,
     from amadeus import codec
 
     return codec.decode(strip_pad(ids), flavour=flavour, max_note_seconds=max_note_seconds)
+
+
+def velocity_in_force(ids: np.ndarray) -> np.ndarray:
+    """The last velocity event of `ids` (as a 1-id array; empty if none): prepended to a continuation
+    decoded alone, its first notes keep the loudness they have after the prompt."""
+    ids = np.asarray(ids, dtype=np.int64)
+    velocity = np.flatnonzero((ids >= VELOCITY) & (ids < VOCAB_SIZE))
+    return ids[velocity[-1:]]
 
 
 # --- models --------------------------------------------------------------------------------------
@@ -88,27 +105,37 @@ def load(model_or_checkpoint: torch.nn.Module | str | os.PathLike | Loaded, devi
 # --- the MIDI-level API --------------------------------------------------------------------------
 
 def continue_midi(model_or_checkpoint: torch.nn.Module | str | os.PathLike | Loaded,
-                  prompt: MidiLike | None = None, *, max_new_tokens: int = 1000, seconds: float | None = None,
+                  prompt: MidiLike | None = None, *, max_new_tokens: int | None = None,
+                  seconds: float | None = None,
                   do_sample: bool = True, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                   num_beams: int = 1, seed: int | None = None, prompt_seconds: float | None = None,
                   model_kwargs: Mapping[str, Any] | None = None, flavour: str | None = None,
                   device: str = "cpu", render_wav: bool = False, soundfont: str | os.PathLike | None = None,
                   sample_rate: int = 44100, return_full: bool = False,
-                  prompt_ids: np.ndarray | None = None, max_note_seconds: float = 5.0) -> dict[str, Any]:
+                  prompt_ids: np.ndarray | None = None, max_note_seconds: float = 5.0,
+                  rules: PlayingRules | None = DEFAULT_RULES) -> dict[str, Any]:
     """Continue a MIDI performance (or start one when `prompt` is None) and return it as PrettyMIDI.
 
-    Length: at most `max_new_tokens` events, and stop once `seconds` of new music exist (if given).
+    Length: stop once `seconds` of new music exist (if given), and after at most `max_new_tokens`
+    events; left out, that is 1000, or with `seconds` a safety bound that the densest real piano
+    would not reach (`continuation_checks.event_cap`), so the seconds asked for are what you get.
     `prompt_seconds` keeps only the first that many seconds of the prompt; `prompt_ids` gives the
     prompt as event ids instead of MIDI (already in the model's flavour). Sampling arguments mean
     what they mean in Hugging Face (see `amadeus.sampling.generate`), but sampling is on by default
-    here because greedy decoding of music falls into loops.
+    here because greedy decoding of music falls into loops. `rules`: the musician's rules (module
+    docstring); `max_note_seconds`: the decoder's note cap (codec), which the sampler also keeps.
 
     Returns a dict: `continuation` (PrettyMIDI from 0 s), `ids` (new event ids), `prompt_ids`,
     `boundary_seconds` (where the continuation starts in `full`), `seconds` (of new music),
-    `tokens`, `compute_seconds`; `full` (prompt then continuation) when `return_full`; `wav` (bytes
-    of a 16-bit 44.1 kHz WAV, of `full` when `return_full`, else of the continuation) when
-    `render_wav`.
+    `tokens`, `compute_seconds`, `warnings` (one line per problem: loops, silence, stopping short),
+    `key` (the key the rules imposed, e.g. the estimate for key "auto"; None without one),
+    `discarded` (events of the continuation the decoder does not take as written, by kind, from
+    amadeus.music_stats); `full` (prompt then continuation) when `return_full`; `wav` (bytes of a
+    16-bit 44.1 kHz WAV, of `full` when `return_full`, else of the continuation) when `render_wav`.
     """
+    from amadeus.music_stats import discarded_events
+    from amadeus.performance_state import prompt_key
+
     loaded = load(model_or_checkpoint, device, flavour)
     if prompt is not None and prompt_ids is not None:
         raise UserError("continue_midi: give the prompt as MIDI or as prompt_ids, not both")
@@ -121,20 +148,37 @@ def continue_midi(model_or_checkpoint: torch.nn.Module | str | os.PathLike | Loa
         from amadeus.render import ensure_fluidsynth
 
         ensure_fluidsynth()
+    if max_new_tokens is None:
+        max_new_tokens = event_cap(seconds)
+    warnings: list[str] = []
+    key = None
+    if rules is not None and rules.key is not None:
+        key = prompt_key(prompt_ids, rules, max_note_seconds)
+        if key is None:
+            warnings.append("key auto: the prompt has no notes to estimate a key from; no key was imposed")
     start = time.perf_counter()
     out = generate(loaded.model, torch.as_tensor(prompt_ids)[None], max_new_tokens, do_sample=do_sample,
                    temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams, seed=seed,
-                   max_seconds=seconds, model_kwargs=model_kwargs)
+                   max_seconds=seconds, model_kwargs=model_kwargs, rules=rules,
+                   codec=CodecConfig(flavour=loaded.flavour, max_note_seconds=max_note_seconds))
     compute = time.perf_counter() - start
     new = strip_pad(out[0, len(prompt_ids):].cpu().numpy())
+    warnings += continuation_warnings(new, prompt_ids, seconds=seconds, max_new_tokens=max_new_tokens,
+                                      max_note_seconds=max_note_seconds, flavour=loaded.flavour)
     result: dict[str, Any] = {
-        "continuation": decode_ids(new, loaded.flavour, max_note_seconds),
+        # the velocity the prompt left in force plays the continuation's first notes, as in `full`
+        "continuation": decode_ids(np.concatenate([velocity_in_force(prompt_ids), new]), loaded.flavour,
+                                   max_note_seconds),
         "ids": new,
         "prompt_ids": prompt_ids,
         "boundary_seconds": event_seconds(prompt_ids),
         "seconds": event_seconds(new),
         "tokens": int(new.size),
         "compute_seconds": compute,
+        "warnings": warnings,
+        "key": None if key is None else key.name,
+        "discarded": discarded_events(np.concatenate([prompt_ids, new]), max_note_seconds,
+                                      count_from=len(prompt_ids)),
     }
     if return_full:
         result["full"] = decode_ids(np.concatenate([prompt_ids, new]), loaded.flavour, max_note_seconds)
@@ -170,11 +214,12 @@ def generate_cli(args: Any) -> dict[str, Any]:
         from amadeus.render import ensure_fluidsynth
 
         ensure_fluidsynth()
+    rules = rules_from_args(args)
     result = continue_midi(args.checkpoint, args.prompt, max_new_tokens=args.length, seconds=args.seconds,
                            do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, num_beams=args.num_beams, seed=args.seed,
                            prompt_seconds=args.prompt_seconds, model_kwargs=model_kwargs, device=args.device,
-                           return_full=True)
+                           return_full=True, rules=rules)
     written = [_write_midi(result["continuation"], args.out, atomic_open)]
     if args.full:
         written.append(_write_midi(result["full"], args.full, atomic_open))
@@ -190,9 +235,33 @@ def generate_cli(args: Any) -> dict[str, Any]:
         piano_roll_png(result["full"], args.png, boundary_seconds=boundary)
         written.append(str(args.png))
     rate = result["tokens"] / max(result["compute_seconds"], 1e-9)
-    print(f"{result['tokens']} events, {result['seconds']:.1f} s of music in {result['compute_seconds']:.1f} s "
+    key = f" in {result['key']}" + (" (estimated from the prompt)" if rules.key == AUTO_KEY else "") \
+        if result["key"] else ""
+    print(f"{result['tokens']} events, {result['seconds']:.1f} s of music{key} in {result['compute_seconds']:.1f} s "
           f"({rate:.0f} events/s); wrote {', '.join(written)}")
+    for line in result["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
     return result
+
+
+def rules_from_args(args: Any) -> PlayingRules:
+    """PlayingRules from the flags of `amadeus generate`; a bad value is a UserError naming its flag."""
+    from amadeus.generation_args import RULE_FLAGS
+
+    values = {field: getattr(args, field.replace("-", "_"), None) for field in RULE_FLAGS}
+    text = getattr(args, "velocity_range", None)
+    if text is not None:
+        low, sep, high = str(text).partition("-")
+        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+            raise UserError(f"--velocity-range: {text!r} is not allowed; use LOW-HIGH, MIDI velocities 1..127 "
+                            "(e.g. 40-100)")
+        values["velocity_low"], values["velocity_high"] = int(low), int(high)
+    given = {field: value for field, value in values.items() if value is not None}
+    try:
+        return PlayingRules(**given)
+    except RuleError as e:
+        flag = RULE_FLAGS.get(e.field, e.field)
+        raise e.named(flag) from None
 
 
 def _write_midi(midi: pretty_midi.PrettyMIDI, path: str | os.PathLike, atomic_open: Any) -> str:

@@ -12,14 +12,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
+# PlayingRules field -> the flag that sets it (amadeus.generation.rules_from_args builds the rules)
+RULE_FLAGS = {"key": "--key", "key_strength": "--key-strength", "lowest": "--lowest", "highest": "--highest",
+              "max_polyphony": "--max-polyphony", "velocity_low": "--velocity-range",
+              "velocity_high": "--velocity-range", "max_silence": "--max-silence",
+              "max_note_seconds": "--max-note-seconds", "controls": "--controls"}
+
+
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a .sess or .int8.sess file")
     p.add_argument("--prompt", default=None, help="a MIDI file to continue (default: start from nothing)")
     p.add_argument("--prompt-seconds", type=_positive_float, default=None,
                    help="use only the first N seconds of the prompt")
-    p.add_argument("--length", type=int, default=1000, help="at most this many new events (default 1000)")
+    p.add_argument("--length", type=int, default=None,
+                   help="at most this many new events (default: 1000; with --seconds, a bound the densest "
+                        "piano would not reach, 120 events per second plus one second)")
     p.add_argument("--seconds", type=_positive_float, default=None,
-                   help="stop once this many seconds of new music exist")
+                   help="stop once this many seconds of new music exist (default: no limit but --length)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely events (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")
@@ -34,3 +43,22 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wav", default=None, help="WAV of prompt + continuation (needs libfluidsynth)")
     p.add_argument("--png", default=None, help="piano roll of prompt + continuation, boundary marked")
     p.add_argument("--soundfont", default=None, help="an .sf2 file (default: pretty_midi's TimGM6mb.sf2)")
+    rules = p.add_argument_group("playing rules", "what the continuation may play; the sampler never writes an "
+                                 "event the decoder would drop, with or without these")
+    rule = rules.add_argument
+    rule("--key", default=None, metavar="KEY",
+         help="play in this key: 'F# major', 'Bb minor', 'C', or 'auto' (estimated from the prompt) (default: any)")
+    rule("--key-strength", default="lock", metavar="lock|PENALTY",
+         help="'lock': never an out-of-key note; a number: a logit penalty for them (default: lock)")
+    rule("--lowest", default=None, metavar="NOTE",
+         help="lowest note, a MIDI number or name: C2, F#3, 36 (C4 = 60) (default: none)")
+    rule("--highest", default=None, metavar="NOTE", help="highest note, as --lowest (default: none)")
+    rule("--max-polyphony", default=None, metavar="N", help="at most this many notes at once (default: none)")
+    rule("--velocity-range", default=None, metavar="LOW-HIGH",
+         help="MIDI velocities to play between, e.g. 40-100 (default: 1-127)")
+    rule("--max-silence", default=None, metavar="SECONDS", help="longest rest, seconds (default: none)")
+    rule("--max-note-seconds", default=None, metavar="SECONDS",
+         help="longest note, seconds (default: the decoder's cap, 5 s)")
+    rule("--controls", default="prompt", metavar="prompt|none",
+         help="conditional Performance RNN: 'prompt' (pitch classes and note density of the prompt) or 'none' "
+              "(default: prompt)")
