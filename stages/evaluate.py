@@ -1,5 +1,5 @@
-"""Stage evaluate: checkpoints + generated pieces -> output/metrics/evaluate.json and evaluate.md
-(amadeus.pipeline.evaluate)."""
+"""Stage evaluate: the continuations of the held-out prompts (output/<family>/<precision>/eval/) against
+the real ones -> output/metrics/evaluate.json and evaluate.md (amadeus.pipeline.evaluate)."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from amadeus.pipeline.calibrate import CalibrateConfig
 from amadeus.pipeline.evaluate import EvaluateConfig
 from amadeus.pipeline.generate import GenerateConfig
 from amadeus.pipeline.quantize import QuantizeConfig
+from amadeus.pipeline.score import ScoreConfig
 from amadeus.preprocess import PreprocessConfig
 from amadeus.training import TrainConfig
 
@@ -30,6 +31,7 @@ SECTIONS = {
     "calibrate": CalibrateConfig,
     "quantize": QuantizeConfig,
     "generate": GenerateConfig,
+    "score": ScoreConfig,
     "evaluate": EvaluateConfig,
 }
 

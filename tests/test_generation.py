@@ -1,13 +1,10 @@
-"""MIDI-level generation: time bookkeeping, continue_midi, the CLI function and the generate stage."""
+"""MIDI-level generation: time bookkeeping, continue_midi and the CLI function (the generate stage:
+tests/test_pipeline_stages.py)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,6 @@ from amadeus.errors import UserError
 from amadeus.generation import continue_midi
 from amadeus.keys import Key
 from amadeus.models.performance_rnn import PerformanceRNN, PerformanceRNNConfig
-from amadeus.pipeline import generate as generate_stage
 from amadeus.pipeline import paths
 from amadeus.playing_rules import PlayingRules
 from amadeus.vocab import cut_seconds, event_seconds, strip_pad
@@ -248,83 +244,3 @@ def test_generate_cli_prints_warnings_to_stderr(tmp_path, checkpoint, capsys):
     err = capsys.readouterr().err
     assert "warning: the continuation stopped at" in err and "--length" in err
 
-
-def test_generate_stage_writes_pieces_index_and_metrics(tmp_path, checkpoint, capsys):
-    from amadeus import data
-
-    # a processed dataset with one test piece, and one user file in input/
-    folder = paths.processed_dir("mine", tmp_path)
-    ids = codec.encode(prompt_midi(8.0))
-    data.save_events(folder / "a.data", ids)
-    (folder / "manifest.json").write_text(json.dumps({
-        "pieces": [{"name": "a", "file": "a.data", "split": "test"},
-                   {"name": "b", "file": "b.data", "split": "train"}],
-        "codec": {"version": codec.CODEC_VERSION, "flavour": "magenta"}}))
-    (tmp_path / "input").mkdir()
-    prompt_midi(2.0).write(str(tmp_path / "input" / "my phrase.mid"))
-    (tmp_path / "input" / "broken.mid").write_bytes(b"MThd garbage")
-    params = {"datasets": ["mine"], "generate": {
-        "precisions": ["fp32", "int8"], "unconditioned": 1, "test_prompts": 2, "prompt_seconds": 2.0,
-        "max_new_tokens": 120, "seconds": None, "render": True,
-        "model_kwargs": {"perceiver_ar": {"num_latents": 1}}}}
-    metrics = generate_stage.run(params, tmp_path, "performance_rnn", quiet=True)
-
-    out = paths.pieces_dir("performance_rnn", "fp32", tmp_path)
-    index = json.loads((out / "index.json").read_text())
-    names = [p["name"] for p in index["pieces"]]
-    assert names == ["uncond_00", "test_a", "input_my_phrase"]
-    assert "generate: skipping input/broken.mid" in capsys.readouterr().out
-    assert len(index["skipped"]) == 1 and index["skipped"][0].startswith("input/broken.mid")
-    for piece in index["pieces"]:
-        for key in ("continuation", "full", "ids", "wav", "png"):
-            assert (out / piece["files"][key]).stat().st_size > 0
-        new = np.load(out / piece["files"]["ids"])
-        assert new.dtype == np.uint16 and len(new) == piece["tokens"] == 120
-    test_piece = index["pieces"][1]
-    assert test_piece["prompt_seconds"] == pytest.approx(2.0)
-    full = pretty_midi.PrettyMIDI(str(out / "test_a.full.mid"))
-    assert min(n.start for n in full.instruments[0].notes) < 2.0 < full.get_end_time()
-
-    int8 = json.loads((paths.pieces_dir("performance_rnn", "int8", tmp_path) / "index.json").read_text())
-    assert int8["precision"] == "int8" and len(int8["pieces"]) == 3
-
-    saved = json.loads(paths.metrics_file("generate", "performance_rnn", tmp_path).read_text())
-    assert saved == metrics
-    for key in ("pieces", "tokens", "seconds", "tokens_per_second", "seconds_of_music", "real_time_factor"):
-        assert key in saved and key in saved["fp32"] and key in saved["int8"]
-    assert saved["pieces"] == 3 and saved["tokens"] == 360 and saved["precision"] == "fp32"
-    assert saved["fp32"]["skipped"] == 1
-    assert saved["tokens_per_second"] > 0 and saved["real_time_factor"] > 0
-
-
-def test_generate_stage_names_a_missing_checkpoint(tmp_path):
-    params = {"generate": {"precisions": ["fp32", "int8"], "test_prompts": 0, "render": False}}
-    with pytest.raises(UserError, match=r"performance_rnn\.sess: checkpoint not found"):
-        generate_stage.run(params, tmp_path, "performance_rnn", quiet=True)
-    with pytest.raises(UserError, match="generate.top_p"):
-        generate_stage.run({"generate": {"top_p": 2.0}}, tmp_path, "performance_rnn", quiet=True)
-
-
-def test_generate_stage_script_runs_and_fails_cleanly(tmp_path, checkpoint):
-    """stages/generate.py only wraps amadeus.pipeline.generate: one line per precision; a missing
-    checkpoint is one line."""
-    import yaml
-
-    params = {"generate": {"precisions": ["fp32"], "unconditioned": 1, "test_prompts": 0, "max_new_tokens": 20,
-                           "seconds": None, "render": False}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
-
-    def stage(family: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(ROOT / "stages" / "generate.py"), family], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=300)
-
-    done = stage("performance_rnn")
-    assert done.returncode == 0, done.stderr
-    assert "generate performance_rnn fp32: 1 pieces, 20 events" in done.stdout
-    metrics = json.loads(paths.metrics_file("generate", "performance_rnn", tmp_path).read_text())
-    assert metrics["tokens"] == 20 and metrics["precision"] == "fp32"
-    assert (paths.pieces_dir("performance_rnn", "fp32", tmp_path) / "uncond_00.mid").stat().st_size > 0
-    bad = stage("perceiver_ar")
-    assert bad.returncode == 2 and "perceiver_ar.sess: checkpoint not found" in bad.stderr
-    assert "Traceback" not in bad.stderr

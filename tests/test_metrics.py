@@ -1,11 +1,11 @@
-"""MGEval-style musical statistics (features, distances, KDE, overlap area, KL) and the evaluate stage."""
+"""MGEval-style musical statistics (features, distances, KDE, overlap area, KL); the evaluate stage that
+uses them: tests/test_pipeline_stages.py."""
 
 import math
 
 import numpy as np
 import pretty_midi
 import pytest
-import torch
 
 from amadeus import metrics as M
 
@@ -139,92 +139,3 @@ def test_compare_sets_with_a_single_piece_has_no_nan():
             assert math.isfinite(c.overlap) and math.isfinite(c.kl)
     assert all(c.overlap == pytest.approx(1.0) for c in M.compare_sets(one, one).values())
 
-
-# ------------------------------------------------------------------ the evaluate stage
-
-
-def _performance(rng, seconds, rate=5.0, pitches=(48, 84)):
-    pm = pretty_midi.PrettyMIDI()
-    piano = pretty_midi.Instrument(program=0)
-    for s, e, p, v in piece(rng, seconds=seconds, rate=rate, pitches=pitches):
-        piano.notes.append(pretty_midi.Note(int(v), int(p), float(s), float(e)))
-    pm.instruments.append(piano)
-    return pm
-
-
-def test_evaluate_stage_reports_models_ceiling_and_floor(tmp_path):
-    import json
-
-    from amadeus import checkpoint, codec, data
-    from amadeus.models.performance_rnn import PerformanceRNN
-    from amadeus.params import as_dict
-    from amadeus.pipeline import paths
-    from amadeus.pipeline.evaluate import build_report, markdown
-
-    rng = np.random.default_rng(6)
-    folder = paths.processed_dir("mine", tmp_path)
-    pieces = []
-    for i, split in enumerate(["train", "validation", "validation", "test", "test"]):
-        ids = codec.encode(_performance(rng, 40.0))
-        data.save_events(folder / f"p{i}.data", ids)
-        pieces.append({"name": f"p{i}", "file": f"p{i}.data", "split": split, "events": len(ids)})
-    (folder / "manifest.json").write_text(json.dumps({"pieces": pieces, "codec": {"flavour": "magenta"}}))
-
-    # Continuations as the generate stage writes them: NAME.mid listed in index.json (fp32 only).
-    out = paths.pieces_dir("performance_rnn", "fp32", tmp_path)
-    out.mkdir(parents=True)
-    listed = []
-    for i in range(3):
-        name = f"test_{i}"
-        _performance(rng, 30.0, rate=12.0, pitches=(30, 100)).write(str(out / f"{name}.mid"))
-        listed.append({"name": name, "files": {"continuation": f"{name}.mid", "full": f"{name}.full.mid"}})
-    (out / "stray.full.mid").write_bytes(b"not read")
-    (out / "index.json").write_text(json.dumps({"pieces": listed}))
-
-    # A real .sess of a tiny untrained GRU.
-    torch.manual_seed(0)
-    config = PerformanceRNN.Config(embed_dim=8, input_size=8, hidden_size=16, num_layers=1)
-    checkpoint.save(paths.checkpoint("performance_rnn", root=tmp_path), {
-        "format": checkpoint.FORMAT, "family": "performance_rnn", "config": as_dict(config), "precision": "fp32",
-        "model": PerformanceRNN(config).state_dict(), "codec": {"flavour": "magenta"}})
-
-    params = {"models": ["performance_rnn", "perceiver_ar"], "datasets": ["mine"],
-              "codec": {"flavour": "magenta"},
-              "evaluate": {"segment_seconds": 5.0, "nll_window": 64, "nll_max_windows": 8, "floor_pieces": 2,
-                           "floor_events": 600}}
-    report = build_report(params, tmp_path)
-    entry = report["models"]["performance_rnn"]["fp32"]
-    assert set(report["models"]["perceiver_ar"]) == set()  # no checkpoint, no outputs: nothing to report
-    assert "int8" not in report["models"]["performance_rnn"]
-    assert entry["pieces"] == 3 and entry["segments"] > 10
-    assert 0.5 * math.log(388) < entry["val_nll"] < 2 * math.log(388)
-    assert entry["test_nll"] is not None and entry["nll_window"] == 64
-    assert report["reference"]["pieces"] == 2
-    assert set(entry["features"]) == set(M.FEATURES)
-    # Real vs real overlaps far more than the dense wide-range "model" or random ids do.
-    assert report["ceiling"]["mean_overlap"] > entry["mean_overlap"]
-    assert report["ceiling"]["mean_overlap"] > report["floor"]["mean_overlap"]
-    assert report["ceiling"]["mean_overlap"] > 0.6
-    assert entry["features"]["notes_per_second"]["candidate_mean"] > 2 * \
-        entry["features"]["notes_per_second"]["reference_mean"]
-    text = markdown(report)
-    assert "| performance_rnn fp32 |" in text and "| ceiling (real vs real) |" in text
-    assert "| floor (random ids) |" in text
-    json.dumps(report, allow_nan=False)  # valid JSON: no NaN anywhere
-
-    # The stage script only wraps amadeus.pipeline.evaluate: the same report on disk, and its markdown.
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import yaml
-
-    root = Path(__file__).resolve().parents[1]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    done = subprocess.run([sys.executable, str(root / "stages" / "evaluate.py")], cwd=tmp_path, text=True,
-                          capture_output=True, env={**os.environ, "PYTHONPATH": str(root / "lib")}, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(paths.metrics_file("evaluate", root=tmp_path).read_text()) == json.loads(json.dumps(report))
-    assert paths.metrics_file("evaluate", root=tmp_path, suffix=".md").read_text() == text
-    assert "evaluate: wrote output/metrics/evaluate.json and evaluate.md" in done.stdout

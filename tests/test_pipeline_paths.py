@@ -1,7 +1,9 @@
-"""amadeus.pipeline.paths and dvc.yaml name the same files, and every stage depends on its own code."""
+"""amadeus.pipeline.paths and dvc.yaml name the same files, every stage depends on the code it imports,
+and a change of params reruns exactly the stages that read them (and those downstream)."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import yaml
@@ -9,7 +11,14 @@ import yaml
 from amadeus.pipeline import paths
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("download", "preprocess", "train", "calibrate", "quantize", "generate", "evaluate")
+STAGES = ("download", "preprocess", "train", "calibrate", "quantize", "generate", "score", "evaluate")
+# Modules that decide no figure of any output (errors, atomic writes, params validation, device lookup,
+# package docstrings): a stage need not rerun when they change.
+PLUMBING = {"lib/amadeus/__init__.py", "lib/amadeus/pipeline/__init__.py", "lib/amadeus/errors.py",
+            "lib/amadeus/fileio.py", "lib/amadeus/params.py", "lib/amadeus/hardware.py"}
+# Imports on a path the stage never takes: checkpoint.load_model imports amadeus.quant for int8
+# checkpoints only, and training loads fp32 ones.
+NOT_TAKEN = {"train": {"lib/amadeus/quant"}}
 
 
 def _stages(key: str) -> dict[str, dict]:
@@ -47,6 +56,8 @@ def test_dvc_outputs_are_the_paths_of_pipeline_paths():
     assert _names(s["generate"]["outs"]) == _posix(paths.pieces_dir("x", "fp32").parent,
                                                    paths.pieces_dir("x", "int8").parent)
     assert _names(s["generate"]["metrics"]) == _posix(paths.metrics_file("generate", "x"))
+    assert _names(s["score"]["metrics"]) == _posix(paths.metrics_file("score", "x"))
+    assert {paths.checkpoint("x").as_posix(), paths.checkpoint("x", "int8").as_posix()} <= _names(s["score"]["deps"])
     assert _names(s["evaluate"]["metrics"]) == _posix(paths.metrics_file("evaluate"))
     assert _names(s["evaluate"]["outs"]) == _posix(paths.metrics_file("evaluate", suffix=".md"))
 
@@ -61,6 +72,110 @@ def test_every_stage_depends_on_its_script_and_pipeline_module_and_every_code_de
         for dep in deps:
             if dep.startswith(("lib/", "stages/")):
                 assert (ROOT / dep).exists(), f"{name}: {dep} does not exist"
+
+
+def _module_file(name: str) -> Path | None:
+    base = ROOT / "lib" / Path(*name.split("."))
+    for path in (base / "__init__.py", base.with_suffix(".py")):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported(path: Path, module: str) -> set[str]:
+    """amadeus modules one file imports, anywhere in it (lazy imports inside functions count)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names if _module_file(f"{base}.{a.name}")}
+    return {m for m in found if m.split(".")[0] == "amadeus"}
+
+
+def imported_files(module: str) -> set[str]:
+    """Every library file that importing and running `module` can load (its parents' __init__ too)."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        if (path := _module_file(name)) is not None:
+            todo += _imported(path, name)
+    return {_module_file(m).relative_to(ROOT).as_posix() for m in seen if _module_file(m)}
+
+
+def test_every_stage_depends_on_every_library_module_it_imports():
+    for name, stage in _stages("x").items():
+        deps = {d.rstrip("/") for d in _names(stage["deps"])} | NOT_TAKEN.get(name, set())
+        missing = sorted(f for f in imported_files(f"amadeus.pipeline.{name}") - PLUMBING
+                         if not any(f == d or f.startswith(d + "/") for d in deps))
+        assert not missing, f"dvc.yaml: stage {name} imports {missing} but does not list them in deps"
+
+
+def test_the_import_walk_finds_lazy_and_transitive_imports():
+    files = imported_files("amadeus.pipeline.generate")
+    assert "lib/amadeus/render.py" in files  # imported inside a function
+    assert "lib/amadeus/vocab.py" in files  # through amadeus.generation and others
+    assert "lib/amadeus/pipeline/score.py" not in files
+
+
+def _expanded() -> dict[str, dict]:
+    """dvc.yaml's stages as DVC names them (generate@perceiver_ar, ...), foreach expanded over params.yaml."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    out = {}
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        if "foreach" not in stage:
+            out[name] = stage
+            continue
+        over = params[stage["foreach"].strip("${}")]
+        for key in over:
+            out[f"{name}@{key}"] = yaml.safe_load(yaml.safe_dump(stage["do"]).replace("${key}", key))
+    return out
+
+
+def _under(a: str, b: str) -> bool:
+    """One path is the other or inside it (a dependency on a folder sees every file in it)."""
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+def rerun_by(param: str) -> set[str]:
+    """The stages `dvc repro` reruns after `param` (a dotted params.yaml key) changes: those that read it
+    or a section holding it, and every stage that depends on their outputs."""
+    stages = _expanded()
+    outs = {name: _names(s.get("outs")) | _names(s.get("metrics")) | _names(s.get("plots"))
+            for name, s in stages.items()}
+    rerun = {name for name, s in stages.items()
+             if any(param == p or param.startswith(f"{p}.") for p in _names(s.get("params")))}
+    grew = True
+    while grew:
+        downstream = {name for name, s in stages.items() if name not in rerun and any(
+            _under(dep, out) for dep in _names(s["deps"]) for r in rerun for out in outs[r])}
+        rerun |= downstream
+        grew = bool(downstream)
+    return rerun
+
+
+def test_a_sampling_setting_reruns_generate_and_evaluate_only():
+    families = yaml.safe_load((ROOT / "params.yaml").read_text())["models"]
+    generate = {f"generate@{f}" for f in families}
+    assert rerun_by("generate.temperature") == generate | {"evaluate"}
+    assert rerun_by("generate.eval_seconds") == generate | {"evaluate"}
+    assert rerun_by("score.events_per_piece") == {f"score@{f}" for f in families}
+    assert rerun_by("evaluate.bootstrap") == {"evaluate"}
+    assert {f"score@{f}" for f in families} <= rerun_by("quantize.mode")  # a new int8 model is rescored
+    for name, stage in _expanded().items():
+        if name.startswith("score@"):
+            assert not any(p.split(".")[0] == "generate" for p in _names(stage["params"])), name
 
 
 def test_paths_are_relative_to_the_root():

@@ -6,7 +6,8 @@
     calibrate@<family>  pipeline.calibrate   save/<family>.sess       -> stats/<family>.yaml
     quantize@<family>   pipeline.quantize    .sess + stats            -> save/<family>.int8.sess
     generate@<family>   pipeline.generate    both .sess               -> output/<family>/<precision>/
-    evaluate            pipeline.evaluate    checkpoints + pieces     -> output/metrics/evaluate.json
+    score@<family>      pipeline.score       both .sess + held-out    -> output/metrics/score_<family>.json
+    evaluate            pipeline.evaluate    eval continuations       -> output/metrics/evaluate.json
 
 Each module holds the config dataclass of its params.yaml section and one entry point,
 `run(params, root, ...)`. Every path lives in `pipeline.paths`. The pipeline imports the library

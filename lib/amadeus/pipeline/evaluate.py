@@ -1,16 +1,23 @@
-"""Stage evaluate: NLL and MGEval-style musical statistics per model and precision -> output/metrics/.
+"""Stage evaluate: the generated continuations of the held-out prompts against the real ones
+-> output/metrics/evaluate.json and evaluate.md.
 
-For each model family in params `models` and each precision whose checkpoint or generated pieces exist:
-- val_nll / test_nll: nats/event over evenly spaced windows of the validation / test splits, with the
-  evaluator training uses for val_nll (amadeus.nll);
-- features: the generate stage's continuations (the `continuation` files listed in
-  output/<family>/<precision>/index.json) against the held-out test pieces, all cut into
-  `segment_seconds` segments, as overlap area and KL per feature (amadeus.metrics; docs/evaluation.md).
-Scale: "ceiling" compares the train pieces (or the validation pieces: `ceiling_split`) with the test
-pieces, real music against other real music; "floor" compares uniformly random event ids, decoded,
-with the test pieces. With few held-out pieces the ceiling is one piece against another, so read it
-as "how far apart two real pieces are", not as an upper bound a model cannot pass. `markdown` renders
-the report; `run` writes output/metrics/evaluate.json (DVC metrics) and evaluate.md (a readable table).
+The prompts are recomputed from the `generate:` prompt knobs (amadeus.pipeline.eval_prompts), which
+gives each its reference, what the pianist played next; output/<family>/<precision>/eval/index.json
+lists the continuations the generate stage made of the same prompts (a mismatch stops the stage:
+the outputs are stale). Per family and precision:
+- the measures of amadeus.continuation_eval (polyphony, long and capped notes, in-key fraction,
+  silence, note rate and length, discarded events, runs shared with the training data), each a mean
+  over prompts with a bootstrap 95% interval, for the generated continuations, the real ones and a
+  floor of random ids, and the paired ratios and differences against the real ones;
+- MGEval-style overlap area and KL per feature (amadeus.metrics; docs/evaluation.md) of the generated
+  continuations against the real continuations, both cut into `segment_seconds` segments. The interval
+  on the mean overlap resamples the prompts (the reference, the real continuations, stays fixed). A
+  resample repeats some prompts, which makes its distance sample lumpier and its overlap lower, so the
+  interval sits mostly below the estimate: compare two settings' intervals with each other.
+Two anchors for the overlap: "ceiling", segments of the train pieces against the real continuations
+(other real music: what a model that plays like a pianist, but not this pianist's next bars, would
+score), and "floor", uniformly random ids after each prompt. The models' NLL is the score stage's
+(output/metrics/score_<family>.json): a change of sampling settings reruns generate and this stage only.
 """
 
 from __future__ import annotations
@@ -21,95 +28,116 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pretty_midi
 
 from amadeus import codec, metrics
-from amadeus.checkpoint import PRECISIONS, load_model
+from amadeus import music_stats as stats
+from amadeus.continuation_eval import EvalPrompt, continuation_notes, evaluate_continuations, markdown_table
 from amadeus.data import load_split
 from amadeus.errors import UserError
 from amadeus.fileio import atomic_open, write_json
-from amadeus.nll import mean_nll
 from amadeus.params import as_dict, build, knob, section
 from amadeus.pipeline import paths
-from amadeus.vocab import VOCAB_SIZE  # the real event ids (PAD excluded): the floor draws from these uniformly
-from amadeus.windows import evenly_spaced_windows
+from amadeus.pipeline.eval_prompts import HeldOut, held_out, prompt_config
+from amadeus.vocab import VOCAB_SIZE, strip_pad  # the real event ids (PAD excluded): the floor draws from these
 
 
 @dataclass
 class EvaluateConfig:
-    """params.yaml `evaluate`: how the NLL windows and the musical statistics are taken."""
+    """params.yaml `evaluate`: how the continuations are measured."""
 
-    segment_seconds: float = knob(10.0, gt=0, help="pieces are cut into segments this long")
+    segment_seconds: float = knob(10.0, gt=0, help="continuations are cut into segments this long for MGEval")
     min_notes: int = knob(4, min=1, help="segments with fewer notes are dropped")
-    max_segments: int = knob(200, min=2, help="per set; a seeded subset is kept beyond this")
-    nll_window: int | None = knob(None, min=1, help="events per NLL window; null = the model's context_length "
-                                  "(the window training uses by default), else 512")
-    nll_max_windows: int = knob(32, min=1, help="per split, evenly spaced (32 x 512 = 16k scored events)")
-    batch_size: int = knob(32, min=1)
-    floor_pieces: int = knob(8, min=1, help="pieces of uniformly random event ids (the floor)")
-    floor_events: int = knob(2000, min=10, help="event ids per floor piece")
-    ceiling_split: str = knob("train", choices=("validation", "train"),
-                              help="real pieces compared with the test pieces for the ceiling")
+    max_segments: int = knob(200, min=2, help="train-split segments of the ceiling: a seeded subset beyond this")
+    long_note_seconds: float = knob(3.0, gt=0, help="a note longer than this counts as long")
+    bootstrap: int = knob(1000, min=10, help="resamples of the prompts for the measures' 95% intervals")
+    overlap_bootstrap: int = knob(200, min=0, help="resamples for the interval on the mean overlap (0 = none)")
     seed: int = knob(0)
 
 
-def decode(ids: np.ndarray, codec_params: dict) -> pretty_midi.PrettyMIDI:
-    """Event ids -> PrettyMIDI with the (validated) params.yaml `codec` settings."""
-    config = build(codec.CodecConfig, codec_params, "codec")
-    return codec.decode(ids, flavour=config.flavour, max_note_seconds=config.max_note_seconds)
+# --------------------------------------------------------------------------------------------------
+# MGEval overlap of segment sets
 
 
-def segment_set(pieces: list[pretty_midi.PrettyMIDI], config: EvaluateConfig, salt: int) -> list[np.ndarray]:
-    """All segments of the pieces, a seeded subset of `max_segments` beyond that (`salt` = which set)."""
-    segs = [s for p in pieces for s in metrics.segments(metrics.note_array(p), config.segment_seconds,
-                                                        config.min_notes)]
-    if len(segs) > config.max_segments:
-        keep = np.random.default_rng([config.seed, salt]).choice(len(segs), config.max_segments, replace=False)
-        segs = [segs[i] for i in sorted(keep)]
-    return segs
+def window_segments(prompt: EvalPrompt, ids: np.ndarray, cap_seconds: float, flavour: str,
+                    config: EvaluateConfig) -> list[np.ndarray]:
+    """The segments of one continuation: its notes begun in the window (decoded after the prompt)."""
+    notes = continuation_notes(prompt.ids, ids, prompt.continuation_seconds, cap_seconds, flavour)
+    return metrics.segments(notes[notes[:, 0] >= 0], config.segment_seconds, config.min_notes)
 
 
-def compare(reference: dict, segs: list[np.ndarray], config: EvaluateConfig, what: str) -> dict:
-    """MGEval OA / KL of a segment set against the reference features, or a note saying why there is none."""
-    if len(segs) == 0:
-        return {"segments": 0, "features": None, "note": f"{what}: no segment with >= {config.min_notes} notes"}
-    result = metrics.compare_sets(reference, metrics.features(segs), seed=config.seed)
-    overlaps = [c.overlap for c in result.values()]
-    return {"segments": len(segs), "mean_overlap": round(float(np.mean(overlaps)), 4),
-            "features": {name: c.as_dict() for name, c in result.items()}}
-
-
-def checkpoint_nll(checkpoint: Path, splits: dict[str, list[np.ndarray]], codec_params: dict,
-        config: EvaluateConfig) -> dict:
-    """val_nll / test_nll of one checkpoint on evenly spaced windows, as its training measured val_nll."""
-    model, ckpt = load_model(checkpoint, device="cpu")
-    data_flavour = codec_params.get("flavour", "magenta")
-    model_flavour = (ckpt.get("codec") or {}).get("flavour", data_flavour)
-    window = config.nll_window or getattr(model, "context_length", None) or 512
-    window = min(window, getattr(getattr(model, "config", None), "max_seq_len", window))
-    out: dict = {"nll_window": window}
-    for name, pieces in splits.items():
-        if model_flavour != data_flavour:  # e.g. an imported perceiver-io checkpoint on magenta data
-            pieces = [codec.encode(decode(p, codec_params), flavour=model_flavour) for p in pieces]
-        ids, ctrl = evenly_spaced_windows(pieces, window, config.nll_max_windows,
-                                          controls=bool(getattr(model, "uses_controls", False)))
-        out[f"{name}_nll"] = round(mean_nll(model, ids, ctrl, config.batch_size), 4) if len(ids) else None
+def overlap(reference: dict[str, np.ndarray], groups: list[list[np.ndarray]], config: EvaluateConfig,
+            what: str, salt: int) -> dict:
+    """MGEval OA / KL of a candidate set against the reference features, and a bootstrap interval on the
+    mean overlap that resamples the candidate's groups (one per prompt, or per segment) with replacement."""
+    segs = [s for group in groups for s in group]
+    if not segs:
+        return {"segments": 0, "mean_overlap": None, "features": None,
+                "note": f"{what}: no segment with >= {config.min_notes} notes"}
+    values = metrics.features(segs)
+    result = metrics.compare_sets(reference, values, seed=config.seed)
+    out: dict = {"segments": len(segs),
+                 "mean_overlap": round(float(np.mean([c.overlap for c in result.values()])), 4)}
+    if config.overlap_bootstrap:
+        owner = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+        rows = [np.flatnonzero(owner == g) for g in range(len(groups))]
+        rng = np.random.default_rng([config.seed, salt])
+        means = []
+        for _ in range(config.overlap_bootstrap):
+            pick = np.concatenate([rows[g] for g in rng.integers(0, len(groups), len(groups))])
+            if not len(pick):  # only groups without segments were drawn
+                continue
+            resampled = metrics.compare_sets(reference, {k: v[pick] for k, v in values.items()}, seed=config.seed)
+            means.append(np.mean([c.overlap for c in resampled.values()]))
+        low, high = np.quantile(means, [0.025, 0.975])
+        out.update(mean_overlap_low=round(float(low), 4), mean_overlap_high=round(float(high), 4))
+    out["features"] = {name: c.as_dict() for name, c in result.items()}
     return out
 
 
-def read_continuations(folder: Path) -> tuple[list[pretty_midi.PrettyMIDI], list[str]]:
-    """The continuations the generate stage listed in `index.json` (pieces[].files.continuation)."""
+# --------------------------------------------------------------------------------------------------
+# The continuations of one checkpoint
+
+
+def read_continuations(folder: Path, held: HeldOut) -> tuple[dict | None, list[np.ndarray]]:
+    """eval/index.json of one checkpoint and its continuations' ids, in prompt order; (None, []) when
+    that precision was not generated. Stale outputs (other prompts) are an error."""
     index_path = folder / "index.json"
     if not index_path.exists():
-        return [], []
-    pieces, skipped = [], []
-    for piece in json.loads(index_path.read_text()).get("pieces", []):
-        path = folder / piece["files"]["continuation"]
+        return None, []
+    index = json.loads(index_path.read_text())
+    if index.get("prompts") != held.settings:
+        raise UserError(f"{index_path}: made with prompts {index.get('prompts')}, but params.yaml gives "
+                        f"{held.settings}; rerun the generate stage (`dvc repro`)")
+    listed = [c["name"] for c in index.get("continuations", [])]
+    if index.get("skipped") is None and listed != [p.name for p in held.prompts]:
+        raise UserError(f"{index_path}: lists {len(listed)} continuations, not the {len(held.prompts)} held-out "
+                        "prompts; rerun the generate stage (`dvc repro`)")
+    ids = []
+    for entry in index.get("continuations", []):
         try:
-            pieces.append(pretty_midi.PrettyMIDI(str(path)))
-        except Exception as e:  # a broken or missing file is skipped and reported, never fatal
-            skipped.append(f"{path.name}: {type(e).__name__}")
-    return pieces, skipped
+            ids.append(np.load(folder / entry["file"], allow_pickle=False).astype(np.int64))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{folder / entry['file']}: unreadable continuation ({type(e).__name__}); "
+                            "rerun the generate stage") from None
+    return index, ids
+
+
+def generated_precisions(family: str, root: Path) -> list[str]:
+    """The precisions the generate stage wrote eval continuations of, fp32 before int8 (sorted)."""
+    family_dir = paths.family_output_dir(family, root)
+    if not family_dir.is_dir():
+        return []
+    return sorted(p.name for p in family_dir.iterdir()
+                  if (paths.eval_dir(family, p.name, root) / "index.json").is_file())
+
+
+def random_continuations(held: HeldOut, lengths: list[int], seed: int) -> list[np.ndarray]:
+    """Uniformly random event ids after each prompt, as many as `lengths` says: the overlap's floor."""
+    return [np.random.default_rng([seed, 7, i]).integers(0, VOCAB_SIZE, n) for i, n in enumerate(lengths)]
+
+
+# --------------------------------------------------------------------------------------------------
+# The report
 
 
 def build_report(params: dict, root: Path = Path(".")) -> dict:
@@ -117,95 +145,128 @@ def build_report(params: dict, root: Path = Path(".")) -> dict:
     config = build(EvaluateConfig, params.get("evaluate"), "evaluate")
     families = section(params, "models")
     families = list(families) if isinstance(families, (list, dict)) else [families]
-    datasets = section(params, "datasets")
-    codec_params = section(params, "codec")
-    folders = [paths.processed_dir(name, root) for name in datasets]
-    split_ids = {split: load_split(folders, split) for split in ("validation", "test")}
-    if not split_ids["test"]:
-        raise UserError(f"no test pieces in {', '.join(map(str, folders))}: adjust preprocess.split")
-    nll_splits = {"val": split_ids["validation"], "test": split_ids["test"]}
+    datasets = list(section(params, "datasets"))
+    cap_seconds = build(codec.CodecConfig, section(params, "codec"), "codec").max_note_seconds
+    held = held_out(root, datasets, prompt_config(params.get("generate")))
+    report: dict = {"prompts": {**held.settings, "prompts": len(held.prompts)}, "models": {},
+                    "settings": as_dict(config)}
+    if not held.prompts:
+        report["note"] = "generate.eval_prompts is 0: no continuations to evaluate"
+        return report
+    flavour = held.flavour
+    train = load_split([paths.processed_dir(name, root) for name in datasets], "train")
+    shared_runs = stats.SharedRunIndex(train)
 
-    test_segs = segment_set([decode(ids, codec_params) for ids in split_ids["test"]], config, salt=1)
-    if not test_segs:
-        raise UserError(f"the test pieces have no {config.segment_seconds}-second segment with "
-                        f">= {config.min_notes} notes: lower evaluate.segment_seconds or evaluate.min_notes")
-    reference = metrics.features(test_segs)
+    # The reference of the overlap: the real continuations, in segments, grouped by prompt.
+    real = [window_segments(p, p.reference, cap_seconds, flavour, config) for p in held.prompts]
+    real_segs = [s for group in real for s in group]
+    if not real_segs:
+        raise UserError(f"the real continuations have no {config.segment_seconds:g}-second segment with >= "
+                        f"{config.min_notes} notes: lower evaluate.segment_seconds or evaluate.min_notes")
+    reference = metrics.features(real_segs)
+    report["prompts"]["reference_segments"] = len(real_segs)
 
-    report: dict = {
-        "reference": {"what": f"test split of {', '.join(datasets)}", "pieces": len(split_ids["test"]),
-                      "segments": len(test_segs)},
-        "models": {},
-    }
     for family in families:
         report["models"][family] = {}
-        for precision in PRECISIONS:
-            checkpoint = paths.checkpoint(family, precision, root)
-            out_dir = paths.pieces_dir(family, precision, root)
-            if not checkpoint.exists() and not out_dir.exists():
+        for precision in generated_precisions(family, root):
+            folder = paths.eval_dir(family, precision, root)
+            index, generated = read_continuations(folder, held)
+            if index is None:
                 continue
-            entry: dict = {"checkpoint": str(checkpoint.relative_to(root)) if checkpoint.exists() else None}
-            if checkpoint.exists():
-                entry.update(checkpoint_nll(checkpoint, nll_splits, codec_params, config))
-            pieces, skipped = read_continuations(out_dir)
-            entry["pieces"] = len(pieces)
-            if skipped:
-                entry["skipped"] = skipped
-            entry.update(compare(reference, segment_set(pieces, config, salt=2), config,
-                                 f"continuations in {out_dir}/index.json"))
+            if index.get("skipped"):
+                report["models"][family][precision] = {"note": index["skipped"]}
+                continue
+            items = [(p, ids, None) for p, ids in zip(held.prompts, generated, strict=True)]
+            entry = evaluate_continuations(items, shared_runs, cap_seconds, flavour=flavour,
+                                           long_note_seconds=config.long_note_seconds,
+                                           n_bootstrap=config.bootstrap, seed=config.seed)
+            groups = [window_segments(p, ids, cap_seconds, flavour, config)
+                      for p, ids in zip(held.prompts, generated, strict=True)]
+            entry["mgeval"] = overlap(reference, groups, config, f"{family} {precision} continuations", salt=1)
             report["models"][family][precision] = entry
 
-    real = split_ids["validation"] if config.ceiling_split == "validation" else load_split(folders, "train")
-    real_segs = segment_set([decode(ids, codec_params) for ids in real], config, salt=3)
-    report["ceiling"] = {"what": f"{config.ceiling_split} pieces vs test pieces (real music against other real music)",
-                         "pieces": len(real),
-                         **compare(reference, real_segs, config, f"{config.ceiling_split} split")}
-    rng = np.random.default_rng([config.seed, 4])
-    noise = [rng.integers(0, VOCAB_SIZE, config.floor_events) for _ in range(config.floor_pieces)]
-    floor_segs = segment_set([decode(ids, codec_params) for ids in noise], config, salt=5)
-    report["floor"] = {"what": f"uniformly random event ids ({config.floor_pieces} x {config.floor_events}) "
-                               "decoded, vs test pieces",
-                       "pieces": config.floor_pieces, **compare(reference, floor_segs, config, "random ids")}
-    report["settings"] = as_dict(config)
+    train_segs = [s for ids in train for s in metrics.segments(
+        metrics.note_array(codec.decode(ids, flavour=flavour, max_note_seconds=cap_seconds)),
+        config.segment_seconds, config.min_notes)]
+    if len(train_segs) > config.max_segments:
+        keep = np.random.default_rng([config.seed, 3]).choice(len(train_segs), config.max_segments, replace=False)
+        train_segs = [train_segs[i] for i in sorted(keep)]
+    noise = random_continuations(held, [len(strip_pad(p.reference)) for p in held.prompts], config.seed)
+    floor = [window_segments(p, ids, cap_seconds, flavour, config) for p, ids in zip(held.prompts, noise, strict=True)]
+    report["mgeval"] = {
+        "reference": {"what": "the real continuations of the held-out prompts", "segments": len(real_segs)},
+        "ceiling": {"what": "train-split pieces vs the real continuations (other real music)",
+                    **overlap(reference, [[s] for s in train_segs], config, "train split", salt=2)},
+        "floor": {"what": "uniformly random ids after each prompt, as many as its real continuation has",
+                  **overlap(reference, floor, config, "random ids", salt=3)},
+    }
     return report
+
+
+# --------------------------------------------------------------------------------------------------
+# Markdown
 
 
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+def _mean_overlap(entry: dict) -> str:
+    if entry.get("mean_overlap") is None:
+        return "-"
+    if entry.get("mean_overlap_low") is None:
+        return f"{entry['mean_overlap']:.3f}"
+    return f"{entry['mean_overlap']:.3f} [{entry['mean_overlap_low']:.3f}, {entry['mean_overlap_high']:.3f}]"
+
+
 def markdown(report: dict) -> str:
-    """One table of NLL and per-feature OA / KL (model x precision, ceiling, floor), one of feature means."""
-    rows = [(f"{family} {precision}", entry) for family, by_precision in report["models"].items()
-            for precision, entry in by_precision.items()]
-    rows += [("ceiling (real vs real)", report["ceiling"]), ("floor (random ids)", report["floor"])]
+    """The continuation measures' table (amadeus.continuation_eval.markdown_table), then the MGEval
+    tables: per-feature OA / KL and the scalar features' means, per model and precision and the anchors."""
+    p = report["prompts"]
+    lines = ["# Evaluation", "",
+             f"{p['prompts']} held-out prompts of {p['prompt_seconds']:g} s from the {' + '.join(p['splits'])} "
+             f"pieces of {', '.join(p['datasets'])}, each continued for {p['continuation_seconds']:g} s "
+             "(generate stage) and compared with what the pianist played next. NLL: output/metrics/score_*.json.",
+             ""]
+    if report.get("note"):
+        return "\n".join([*lines, report["note"]]) + "\n"
+    notes = [f"- {family} {precision}: {entry['note']}" for family, by_precision in report["models"].items()
+             for precision, entry in by_precision.items() if "note" in entry]
+    if any("generated" in entry for by_precision in report["models"].values() for entry in by_precision.values()):
+        lines += ["## Continuations against the real ones", "", markdown_table(report["models"]).rstrip(), ""]
+    else:
+        lines += ["No continuations found: run the generate stage.", ""]
+    lines += notes + ([""] if notes else [])
+
+    rows = [(f"{family} {precision}", entry["mgeval"]) for family, by_precision in report["models"].items()
+            for precision, entry in by_precision.items() if "mgeval" in entry]
+    rows += [("ceiling (train pieces)", report["mgeval"]["ceiling"]),
+             ("floor (random ids)", report["mgeval"]["floor"])]
     names = list(metrics.FEATURES)
-    lines = [
-        "# Evaluation",
+    lines += [
+        "## MGEval overlap with the real continuations", "",
+        f"Reference: {report['mgeval']['reference']['segments']} segments of "
+        f"{report['settings']['segment_seconds']:g} s of the real continuations. Mean overlap area "
+        "[bootstrap 95% interval over prompts]; each feature: overlap area / KL(intra || inter) in nats "
+        "(OA higher and KL lower = closer to the real continuations).",
         "",
-        f"Reference: {report['reference']['what']} ({report['reference']['pieces']} pieces, "
-        f"{report['reference']['segments']} segments of {report['settings']['segment_seconds']:g} s). "
-        "NLL in nats/event. Each feature cell: overlap area / KL(intra || inter) in nats "
-        "(OA higher and KL lower = closer to real music; MGEval on seconds).",
-        "",
-        "| set | segments | val NLL | test NLL | mean OA | " + " | ".join(names) + " |",
-        "|---|---:|---:|---:|---:|" + "---:|" * len(names),
+        "| set | segments | mean OA | " + " | ".join(names) + " |",
+        "|---|---:|---:|" + "---:|" * len(names),
     ]
     for label, entry in rows:
         feats = entry.get("features") or {}
         cells = [f"{feats[n]['overlap']:.2f} / {feats[n]['kl']:.2f}" if n in feats else "-" for n in names]
-        lines.append(f"| {label} | {entry.get('segments', 0)} | {_fmt(entry.get('val_nll'))} | "
-                     f"{_fmt(entry.get('test_nll'))} | {_fmt(entry.get('mean_overlap'))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | {entry.get('segments', 0)} | {_mean_overlap(entry)} | " + " | ".join(cells) + " |")
     scalars = list(metrics.SCALAR_FEATURES)
-    lines += ["", "Means per segment (reference = test pieces):", "",
-              "| set | " + " | ".join(scalars) + " |", "|---|" + "---:|" * len(scalars)]
-    ref_feats = report["ceiling"].get("features") or next(
-        (e["features"] for _, e in rows if e.get("features")), None)
+    lines += ["", "Means per segment:", "", "| set | " + " | ".join(scalars) + " |", "|---|" + "---:|" * len(scalars)]
+    ref_feats = next((e["features"] for _, e in rows if e.get("features")), None)
     if ref_feats:
-        lines.append("| reference | " + " | ".join(f"{ref_feats[s]['reference_mean']:.2f}" for s in scalars) + " |")
+        lines.append("| real continuations | " + " | ".join(_fmt(ref_feats[s]["reference_mean"]) for s in scalars)
+                     + " |")
     for label, entry in rows:
         feats = entry.get("features")
         if feats:
-            lines.append(f"| {label} | " + " | ".join(f"{feats[s]['candidate_mean']:.2f}" for s in scalars) + " |")
+            lines.append(f"| {label} | " + " | ".join(_fmt(feats[s]["candidate_mean"]) for s in scalars) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,9 @@ that the two agree.
     stats/<family>.yaml                    calibrate@<family>
     save/<family>.int8.sess                quantize@<family>
     output/<family>/<precision>/           generate@<family>
-    output/metrics/<stage>_<name>.json     every stage's metrics (evaluate.json and evaluate.md: evaluate)
+    output/<family>/<precision>/eval/      generate@<family>: continuations of the held-out prompts
+    output/metrics/<stage>_<name>.json     every stage's metrics (score_<family>.json: score@<family>;
+                                           evaluate.json and evaluate.md: evaluate)
     output/plots/train_<family>.csv        train@<family>
     runs/<family>/                         train@<family> (TensorBoard)
 """
@@ -47,9 +49,19 @@ def stats_file(family: str, root: Root = ".") -> Path:
     return Path(root) / "stats" / f"{family}.yaml"
 
 
+def family_output_dir(family: str, root: Root = ".") -> Path:
+    """Everything the generate stage makes for one family (one folder per precision): its DVC output."""
+    return Path(root) / "output" / family
+
+
 def pieces_dir(family: str, precision: str, root: Root = ".") -> Path:
-    """The generated pieces of one checkpoint (and their index.json, which the evaluate stage reads)."""
-    return Path(root) / "output" / family / precision
+    """The generated pieces of one checkpoint and their index.json."""
+    return family_output_dir(family, root) / precision
+
+
+def eval_dir(family: str, precision: str, root: Root = ".") -> Path:
+    """The continuations of the held-out evaluation prompts (NAME.npy, index.json) of one checkpoint."""
+    return pieces_dir(family, precision, root) / "eval"
 
 
 def metrics_dir(root: Root = ".") -> Path:

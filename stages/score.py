@@ -1,0 +1,24 @@
+"""Stage score@<family>: save/<family>[.int8].sess + held-out data -> output/metrics/score_<family>.json
+(amadeus.pipeline.score)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from amadeus.errors import exits_cleanly
+from amadeus.params import load_yaml
+from amadeus.pipeline import score
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("family", help="a model family under `models:` in params.yaml")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    score.run(load_yaml(args.params), Path("."), args.family)
+
+
+if __name__ == "__main__":
+    main()
