@@ -1,7 +1,8 @@
 """A short readable summary of the pipeline's metrics (`amadeus report`, printed by `make repro`).
 
 `dvc metrics show` lists every key of every metrics file in one very wide table; this prints the few
-figures a person looks at first, per stage, then the evaluation table.
+figures a person looks at first, one line per stage, family and precision; the evaluation's full
+tables are in output/metrics/evaluate.md.
 """
 
 from __future__ import annotations
@@ -52,12 +53,62 @@ def summary(metrics_dir: str | Path | None = None) -> str:
         m = _load(path)
         for precision, p in m.items():
             if isinstance(p, dict):  # one entry per precision generated, beside the first one's figures
-                lines.append(f"generate {family} {precision}: {p['pieces']} pieces, "
-                             f"{p['tokens_per_second']:,.0f} events/s, {p['real_time_factor']:.1f}x real time")
-    evaluation = folder / paths.metrics_file("evaluate", suffix=".md").name
-    if evaluation.exists():
-        lines += ["", evaluation.read_text().strip()]
+                evals = f" ({p['eval_continuations']} of held-out prompts)" if p.get("eval_continuations") else ""
+                wall = f", {p['wall_seconds']:.0f} s in all" if "wall_seconds" in p else ""
+                lines.append(f"generate {family} {precision}: {p['pieces']} pieces{evals}, "
+                             f"{p['tokens_per_second']:,.0f} events/s, {p['real_time_factor']:.1f}x real time{wall}")
+    for family, path in _stage_files(folder, "score"):
+        for precision, p in _load(path).items():
+            if isinstance(p, dict) and precision != "settings":
+                lines.append(f"score {family} {precision}: " + _score_line(p))
+    evaluation = _load(folder / paths.metrics_file("evaluate").name)
+    for family, by_precision in (evaluation.get("models") or {}).items():
+        for precision, entry in by_precision.items():
+            lines.append(f"evaluate {family} {precision}: " + (entry.get("note") or _evaluate_line(entry)))
+    anchors = evaluation.get("mgeval")
+    if anchors:
+        lines.append(f"evaluate anchors: mean overlap {_interval(anchors['ceiling'], 'mean_overlap')} for the train "
+                     f"pieces, {_interval(anchors['floor'], 'mean_overlap')} for random ids "
+                     f"(tables: {paths.metrics_file('evaluate', suffix='.md').as_posix()})")
     return "\n".join(lines) if lines else f"no metrics in {folder} yet: run `dvc repro`"
+
+
+def _score_line(p: dict) -> str:
+    """Windowed NLL per split, then the test split's teacher-forced NLL per class and with the prior."""
+    parts = [f"{split} NLL {e['nll']:.3f}" for split, e in p.items()
+             if isinstance(e, dict) and e.get("nll") is not None]
+    test = p.get("test") or next((e for e in p.values() if isinstance(e, dict) and "raw_nll" in e), None)
+    if test and "raw_nll" in test:
+        classes = test["class_nll"]
+        parts.append("per class " + " ".join(f"{name} {c['raw']:.2f}" for name, c in classes.items()
+                                             if c.get("raw") is not None))
+        allowed = f"allowed events {test['allowed_nll']:.3f}"
+        if "allowed_prior_nll" in test:
+            allowed += (f" -> {test['allowed_prior_nll']:.3f} with the release prior (note-off probability "
+                        f"{test['note_off_probability']:.2f} -> {test['prior_note_off_probability']:.2f}, "
+                        f"rate {test['note_off_rate']:.2f})")
+        parts.append(allowed)
+    return "; ".join(parts) or "no figures"
+
+
+def _interval(d: dict, key: str, scale: float = 1.0, digits: int = 2, sign: str = "") -> str:
+    """ "mean [low, high]" of d[key] (an interval dict, or a value with key_low / key_high beside it)."""
+    value = d.get(key)
+    mean, low, high = (value.get("mean"), value.get("low"), value.get("high")) if isinstance(value, dict) \
+        else (value, d.get(f"{key}_low"), d.get(f"{key}_high"))
+    if mean is None:
+        return "-"
+    text = f"{mean * scale:{sign}.{digits}f}"
+    return text if low is None else f"{text} [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
+
+
+def _evaluate_line(entry: dict) -> str:
+    """Generated against real, paired: the ratios and differences that name a wall of notes, and the overlap."""
+    vs = entry.get("generated_vs_real") or {}
+    return (f"{entry.get('items', 0)} prompts; vs real: polyphony x{_interval(vs, 'polyphony_ratio')}, notes/s "
+            f"x{_interval(vs, 'notes_per_second_ratio')}, long notes {_interval(vs, 'long_notes_diff', 100, 1, '+')} "
+            f"pts, in key {_interval(vs, 'in_key_diff', 100, 1, '+')} pts; mean overlap "
+            f"{_interval(entry.get('mgeval') or {}, 'mean_overlap')}")
 
 
 if __name__ == "__main__":
