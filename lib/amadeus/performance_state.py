@@ -180,7 +180,8 @@ class PerformanceState:
         for replay, ids in zip(replays, prompts, strict=True):
             replay.feed(ids)
         self.notes: list[str] = []
-        self.keys = [self._key_of(replay) for replay in replays]
+        self._keys = [self._key_of(replay) for replay in replays]   # per prompt row
+        self._prompt_row = torch.arange(self.rows, device=self.device)  # each row's prompt row (beams move)
         self._tables(flavour)
         self._static_masks()
         dev = self.device
@@ -231,17 +232,17 @@ class PerformanceState:
     def _static_masks(self) -> None:
         """Pitches each row may strike (register, locked key) and the key penalty, fixed for the run."""
         rules = self.rules
-        allowed = np.stack([rules.pitch_allowed(key) for key in self.keys])
+        allowed = np.stack([rules.pitch_allowed(key) for key in self._keys])
         empty = ~allowed.any(axis=1)
         if empty.any():
-            key = self.keys[int(np.argmax(empty))]
+            key = self._keys[int(np.argmax(empty))]
             raise UserError(f"key {key}: no note from {note_name(rules.lowest or 0)} to "
                             f"{note_name(127 if rules.highest is None else rules.highest)} is in it")
         self.pitch_ok = None if allowed.all() else torch.as_tensor(allowed, device=self.device)
         self.penalty = None
-        if rules.key_strength != LOCK and rules.key_strength > 0 and any(k is not None for k in self.keys):
+        if rules.key_strength != LOCK and rules.key_strength > 0 and any(k is not None for k in self._keys):
             penalty = np.zeros((self.rows, VOCAB_SIZE), dtype=np.float32)
-            for row, key in enumerate(self.keys):
+            for row, key in enumerate(self._keys):
                 if key is not None:
                     out_of_key = ~key.pitch_class_mask()[np.arange(NUM_PITCHES) % 12]
                     penalty[row, NOTE_ON:NOTE_OFF][out_of_key] = -rules.key_strength
@@ -361,7 +362,8 @@ class PerformanceState:
         index = index.to(self.device)
         self.age = self.age[index]
         self._pitch_ages = self.age[:, :NUM_PITCHES]
-        self._new_buffer()
+        if self._buffer.shape[0] != self.age.shape[0]:
+            self._new_buffer()
         if self.later is not None:
             self.later = self.later[index]
         if self.rest is not None:
@@ -372,10 +374,15 @@ class PerformanceState:
             self.pitch_ok = self.pitch_ok[index]
         if self.penalty is not None:
             self.penalty = self.penalty[index]
-        self.keys = [self.keys[i] for i in index.tolist()]
-        self.rows = len(self.keys)
+        self._prompt_row = self._prompt_row[index]
+        self.rows = len(index)
 
-    # --- reading the state --------------------------------------------------------------------------
+    # --- reading the state ----------------------------------------------------------------------
+
+    @property
+    def keys(self) -> list[Key | None]:
+        """The key each row plays in (None where no key applies)."""
+        return [self._keys[i] for i in self._prompt_row.tolist()]
 
     def sounding(self) -> torch.Tensor:
         """bool [B, 128]: pitches sounding now."""
