@@ -107,3 +107,17 @@ def test_score_equals_the_models_own_predictions(family):
         assert scored.shape == (42, 389)
         last = model.forward(torch.cat([ids[27:41]])[None], 12)[0]   # 12 prefix events, 2 targets
         assert torch.allclose(scored[40:], last, atol=1e-5)
+
+
+def test_the_sampler_applies_the_prior_to_sounding_notes_only():
+    from amadeus.performance_state import PerformanceState
+
+    prompt = torch.tensor([[60, shift_id(50), 64, shift_id(10)]])   # 60 is 0.6 s old, 64 0.1 s
+    flat = torch.zeros(1, VOCAB_SIZE)
+    plain = PerformanceState(prompt).mask(flat)
+    prior = release_prior.ReleasePrior([float(k) for k in range(len(release_prior.AGE_EDGES))])  # bias = bucket
+    biased = PerformanceState(prompt, release_prior=prior).mask(flat)
+    assert torch.equal(plain[0, :NOTE_OFF], biased[0, :NOTE_OFF])               # note-ons untouched
+    assert float(biased[0, NOTE_OFF + 60] - plain[0, NOTE_OFF + 60]) == 5.0      # 60 steps: bucket 5 (50..75)
+    assert float(biased[0, NOTE_OFF + 64] - plain[0, NOTE_OFF + 64]) == 2.0      # 10 steps: bucket 2 (10..20)
+    assert biased[0, NOTE_OFF + 61] == float("-inf")                             # silent: still masked

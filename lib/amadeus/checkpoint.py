@@ -21,6 +21,7 @@ from torch import nn
 from amadeus.errors import UserError
 from amadeus.fileio import atomic_open
 from amadeus.models import build_model, parameter_count, parameter_count_of
+from amadeus.release_prior import ReleasePrior
 
 FORMAT = "amadeus.sess/1"
 PRECISIONS = ("fp32", "int8")
@@ -69,6 +70,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         except RuntimeError as e:
             raise UserError(f"{path}: weights do not fit the {ckpt['family']} config it names: "
                             f"{str(e).splitlines()[0]}") from None
+    # Decoding applies the prior the training fitted (amadeus.release_prior); it travels with the model.
+    try:
+        model.release_prior = ReleasePrior.from_dict(ckpt.get("release_prior"))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"{path}: its release_prior is malformed ({e}); retrain or pass another file") from None
     return model.to(device).eval(), ckpt
 
 

@@ -50,6 +50,7 @@ from amadeus.codec import DEFAULT_VELOCITY
 from amadeus.errors import UserError
 from amadeus.keys import Key, estimate_key
 from amadeus.playing_rules import AUTO_KEY, DEFAULT_RULES, LOCK, PlayingRules, note_name
+from amadeus.release_prior import ReleasePrior
 from amadeus.vocab import (
     MAX_SHIFT_STEPS,
     NOTE_OFF,
@@ -160,10 +161,13 @@ class PerformanceState:
     decoder reads them. `flavour` and `decoder_max_note_seconds` say how the ids will be decoded
     (codec flavour for velocity bins; codec max_note_seconds). Attributes: `keys` (the key each row
     plays in, None where no key applies), `notes` (lines worth telling the user, e.g. no key found).
+    `release_prior` (the checkpoint's amadeus.release_prior.ReleasePrior) adds its bias, by note age,
+    to the note-offs of sounding pitches, so the model releases notes as often as pianists do.
     """
 
     def __init__(self, prompt=None, rules: PlayingRules = DEFAULT_RULES, *, rows: int = 1, flavour: str = "magenta",
-                 decoder_max_note_seconds: float = 5.0, device: torch.device | str | None = None):
+                 decoder_max_note_seconds: float = 5.0, device: torch.device | str | None = None,
+                 release_prior: ReleasePrior | None = None):
         if not isinstance(rules, PlayingRules):
             raise UserError(f"rules: expected PlayingRules, got {type(rules).__name__}")
         self.rules = rules
@@ -174,6 +178,7 @@ class PerformanceState:
         caps = [decoder_max_note_seconds] + ([rules.max_note_seconds] if rules.max_note_seconds else [])
         self.cap = cap_steps(min(caps))
         self.silence_cap = None if rules.max_silence is None else cap_steps(rules.max_silence)
+        self.release_bias = None if release_prior is None else release_prior.bias_table(self.cap, self.device)
         prompts = _rows(prompt, rows)
         self.rows = len(prompts)
         replays = [_Replay(self.decoder_cap) for _ in prompts]
@@ -311,6 +316,10 @@ class PerformanceState:
                             f"{logits.shape[-1]} logits; decode without rules (rules=None)")
         if self.penalty is not None:
             logits = logits + self.penalty
+        if self.release_bias is not None:  # silent pitches' note-offs are masked below anyway
+            bias = self.release_bias[self._pitch_ages.clamp(0, self.cap)]
+            logits = torch.cat([logits[:, :NOTE_OFF], logits[:, NOTE_OFF:TIME_SHIFT] + bias,
+                                logits[:, TIME_SHIFT:]], dim=1)
         return torch.where(self._allowed(), logits, self._minus_inf)
 
     def _allowed(self) -> torch.Tensor:

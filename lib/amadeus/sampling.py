@@ -192,8 +192,10 @@ def generate(model: torch.nn.Module, prompt_ids: PromptLike = None, max_new_toke
     tracker = None  # what sounds in each row, for the rules' masks
     if rules is not None:
         codec = codec or CodecConfig()
+        # a checkpoint's release prior rides on its model (amadeus.checkpoint.load_model sets it)
         tracker = PerformanceState(prompt, rules, flavour=codec.flavour,
-                                   decoder_max_note_seconds=codec.max_note_seconds, device=device)
+                                   decoder_max_note_seconds=codec.max_note_seconds, device=device,
+                                   release_prior=getattr(model, "release_prior", None))
         kwargs.update(_controls(model, prompt, rules, kwargs))
     # A model that cannot start from nothing names its first token as `bos_id` (Hugging Face's
     # bos_token_id); it is fed as the prompt and left out of the result.
