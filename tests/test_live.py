@@ -332,6 +332,19 @@ def test_answer_timing_matches_decoded_token_times(codec):
     assert sorted(ons) == expected
 
 
+
+def test_answer_writes_no_event_the_decoder_would_drop(codec):
+    # A random tiny model left to itself strays (note-offs of silent keys, re-strikes); the live
+    # sampler tracks what sounds, the player's held notes included, exactly as `amadeus generate`.
+    from amadeus.music_stats import discarded_events
+
+    h = Harness(tiny_model(seed=5), codec, silence=0.1, seconds=10.0, turns=1)
+    turn = h.answer_once(live.phrase_messages(phrase_midi()))
+    ids = np.asarray(turn.prompt_ids + turn.answer_ids)
+    counts = discarded_events(ids, count_from=len(turn.prompt_ids))
+    assert sum(1 for i in turn.answer_ids if i < vocab.TIME_SHIFT) > 10   # notes were played
+    assert counts["stray_note_off"] == counts["restrike"] == counts["capped"] == 0, counts
+
 # --- stopping, recording, ports -----------------------------------------------------------------------
 
 def test_stop_sends_all_notes_off(codec):

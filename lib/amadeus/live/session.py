@@ -257,12 +257,25 @@ class LiveSession:
         self._feed(ids[len(self.fed):])
 
     def _sample(self) -> int:
-        """The next answer event, drawn from what `self.logits` predicts (temperature, top-k, top-p)."""
+        """The next answer event, drawn from what `self.logits` predicts (temperature, top-k, top-p),
+        among the events the performance state allows (as `amadeus generate` samples)."""
+        import torch
+
         from amadeus import sampling
 
-        logits = self.logits[:1, :VOCAB_SIZE].float()
-        return int(sampling.draw(logits, self.cfg.temperature, self.cfg.top_k, self.cfg.top_p,
-                                 generator=self.generator))
+        logits = self.performance.mask(self.logits[:1, :VOCAB_SIZE].float())
+        tok = sampling.draw(logits, self.cfg.temperature, self.cfg.top_k, self.cfg.top_p, generator=self.generator)
+        self.performance.update(tok.to(torch.long))
+        return int(tok)
+
+    def _start_performance(self, prompt_ids: Sequence[int]) -> None:
+        """What sounds at the end of the phrase, so the answer releases the player's held notes and
+        never writes an event the decoder would drop; the checkpoint's release prior applies."""
+        from amadeus.performance_state import PerformanceState
+
+        self.performance = PerformanceState([list(prompt_ids)], flavour=self.codec.flavour,
+                                            decoder_max_note_seconds=self.codec.max_note_seconds,
+                                            release_prior=getattr(self.model, "release_prior", None))
 
     def _answer(self, handover: float, phrase: Phrase) -> None:
         import torch
@@ -271,6 +284,7 @@ class LiveSession:
         self.turns.append(turn)
         try:
             self._prompt(turn)
+            self._start_performance(turn.prompt_ids)
             turn.primed = time.monotonic()
             decoder = StreamDecoder(self.codec)
             limit = round(self.cfg.seconds / STEP_SECONDS)
