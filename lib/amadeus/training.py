@@ -74,7 +74,7 @@ class TrainConfig:
     transpose: int = knob(3, min=0, max=12, help="random transposition up to +-this many semitones")
     stretch: float = knob(0.05, min=0, lt=0.5, help="random time stretch by a factor in 1 +- this")
     max_steps: int = knob(1200, min=1)
-    max_seconds: float = knob(230.0, gt=0, help="training time budget, summed over resumed runs")
+    max_seconds: float = knob(3600.0, gt=0, help="wall-time safety cap, summed over resumed runs")
     release_prior_events: int = knob(3000, min=0, help="events per train piece the release prior is fitted "
                                      "on after training (amadeus.release_prior); 0 = none")
     val_every: int = knob(200, min=1, help="steps between validations")
