@@ -51,7 +51,8 @@ class ScoreConfig:
     batch_size: int = knob(32, min=1)
     events_per_piece: int = knob(10000, min=0, help="teacher-forced: each piece's first N events (0 = all)")
     device: str = knob("cpu", choices=DEVICES)
-    threads: int = knob(2, min=0, help="torch CPU threads (0 = torch's default)")
+    threads: int = knob(1, min=0, help="torch CPU threads; 1 is fastest for batch-1 sequences and never "
+                        "stalls on a busy machine (0 = torch's default)")
 
 
 # --------------------------------------------------------------------------------------------------
