@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from amadeus.hardware import resolve_device
 from amadeus.params import as_dict, build, knob, section
 from amadeus.pipeline import paths
 from amadeus.pipeline.eval_prompts import EvalPromptConfig, HeldOut, held_out
+from amadeus.playing_rules import PlayingRules
 
 
 @dataclass
@@ -63,6 +64,11 @@ class GenerateConfig(EvalPromptConfig):
     sample_rate: int = knob(44100, min=8000, max=192000)
     device: str = knob("cpu", choices=("auto", "cpu", "cuda"))
     threads: int = knob(1, min=0, help="torch CPU threads; batch-1 decoding is fastest on 1 (0 = torch's default)")
+    constrain: bool = knob(True, help="sample only events the decoder keeps, tracking what sounds, with the "
+                                      "checkpoint's release prior (false = raw sampling)")
+    rules: dict[str, Any] = knob({}, help="the musician's playing rules (amadeus.playing_rules.PlayingRules): key, "
+                                          "key_strength, lowest, highest, max_polyphony, velocity_low, "
+                                          "velocity_high, max_silence, max_note_seconds, controls")
 
 
 Prompt = tuple[str, str, np.ndarray | None]  # (piece name, where it came from, prompt ids or None)
@@ -100,6 +106,18 @@ def unique_names(names: list[str]) -> list[str]:
     return out
 
 
+def playing_rules(config: GenerateConfig) -> PlayingRules:
+    """`generate.rules` as PlayingRules; a bad key or value is one line naming it."""
+    allowed = [f.name for f in fields(PlayingRules)]
+    unknown = sorted(set(config.rules) - set(allowed))
+    if unknown:
+        raise UserError(f"params.yaml: generate.rules.{unknown[0]}: unknown key; allowed: {', '.join(allowed)}")
+    try:
+        return PlayingRules(**config.rules)
+    except UserError as e:
+        raise UserError(f"params.yaml: generate.rules: {e}") from None
+
+
 def showcase_indices(count: int, showcase: int) -> list[int]:
     """`showcase` of `count` prompts, evenly spread (first and last included)."""
     if count == 0 or showcase == 0:
@@ -118,6 +136,7 @@ class _Writer:
                             f"arguments, e.g. {{num_latents: 1}}, got {kwargs!r}")
         self.loaded, self.out_dir, self.config, self.family = loaded, out_dir, config, family
         self.kwargs, self.max_note_seconds = kwargs, max_note_seconds
+        self.rules = playing_rules(config) if config.constrain else None
         self.records: list[dict] = []  # per generation: tokens, seconds of music, compute seconds
 
     def generate(self, prompt: np.ndarray | None, seconds: float | None, seed: int) -> dict[str, Any]:
@@ -126,7 +145,7 @@ class _Writer:
             self.loaded, None, max_new_tokens=c.max_new_tokens, seconds=seconds, do_sample=c.do_sample,
             temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, num_beams=c.num_beams, seed=seed,
             model_kwargs=self.kwargs, prompt_ids=prompt, max_note_seconds=self.max_note_seconds,
-            return_full=True)
+            return_full=True, rules=self.rules)
         self.records.append({"tokens": result["tokens"], "seconds_of_music": result["seconds"],
                              "compute_seconds": result["compute_seconds"]})
         return result
