@@ -345,6 +345,24 @@ def test_answer_writes_no_event_the_decoder_would_drop(codec):
     assert sum(1 for i in turn.answer_ids if i < vocab.TIME_SHIFT) > 10   # notes were played
     assert counts["stray_note_off"] == counts["restrike"] == counts["capped"] == 0, counts
 
+
+def test_answer_follows_the_playing_rules(codec):
+    from amadeus.playing_rules import PlayingRules
+
+    rules = PlayingRules(lowest="C4", highest="C5", max_polyphony=2)
+    h = Harness(tiny_model(seed=5), codec, silence=0.1, seconds=10.0, turns=1, rules=rules)
+    turn = h.answer_once(live.phrase_messages(phrase_midi()))
+    played = [i for i in turn.answer_ids if i < vocab.NOTE_OFF]
+    assert played and all(60 <= i <= 72 for i in played)
+    sounding = set()
+    for i in turn.answer_ids:
+        if i < vocab.NOTE_OFF:
+            sounding.add(i)
+        elif i < vocab.TIME_SHIFT:
+            sounding.discard(i - vocab.NOTE_OFF)
+        new = {p for p in sounding if 60 <= p <= 72}
+        assert len(new) <= 2 or len(sounding) > len(new)   # the player's held notes count too
+
 # --- stopping, recording, ports -----------------------------------------------------------------------
 
 def test_stop_sends_all_notes_off(codec):

@@ -43,6 +43,11 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wav", default=None, help="WAV of prompt + continuation (needs libfluidsynth)")
     p.add_argument("--png", default=None, help="piano roll of prompt + continuation, boundary marked")
     p.add_argument("--soundfont", default=None, help="an .sf2 file (default: pretty_midi's TimGM6mb.sf2)")
+    add_rule_arguments(p)
+
+
+def add_rule_arguments(p: argparse.ArgumentParser) -> None:
+    """The playing-rule flags (amadeus generate and amadeus live)."""
     rules = p.add_argument_group("playing rules", "what the continuation may play; the sampler never writes an "
                                  "event the decoder would drop, with or without these")
     rule = rules.add_argument

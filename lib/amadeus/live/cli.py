@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from amadeus.errors import UserError
+from amadeus.generation_args import add_rule_arguments
 from amadeus.live.config import LiveConfig
 from amadeus.live.players import file_player, midi_file_messages
 from amadeus.live.ports import (
@@ -66,13 +67,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: best for batch 1)")
     p.add_argument("--list-ports", action="store_true", help="list MIDI input and output ports and exit")
 
+    add_rule_arguments(p)
+
 
 def config_from_args(args: argparse.Namespace) -> LiveConfig:
     if not 1 <= args.channel <= 16:
         raise UserError(f"live: --channel must be 1..16, got {args.channel}")
+    from amadeus.generation import rules_from_args
+
     return LiveConfig(silence=args.silence / 1000.0, handover=args.handover, seconds=args.seconds,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                      channel=args.channel - 1, echo=args.echo, barge_in=args.barge_in)
+                      channel=args.channel - 1, echo=args.echo, barge_in=args.barge_in,
+                      rules=rules_from_args(args))
 
 
 def run(args: argparse.Namespace, backend: Backend | None = None) -> list[Turn]:

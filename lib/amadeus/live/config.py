@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from amadeus.errors import UserError
 from amadeus.live.ports import ALL_NOTES_OFF, SUSTAIN
@@ -26,6 +27,7 @@ class LiveConfig:
     drop_late: float = 0.1  # a note-on this late (s) is skipped, as Aria-Duet drops > 100 ms late messages
     max_prompt_events: int = 0  # 0 = whole phrase; else only the last N events prime the model (one prefill)
     turns: int = 0  # stop after this many answers (0 = until Ctrl-C / stop())
+    rules: Any = None  # amadeus.playing_rules.PlayingRules for the answers (None = no musician's rule)
 
     def __post_init__(self) -> None:
         self.handover_cc = parse_handover(self.handover)

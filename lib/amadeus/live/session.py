@@ -272,8 +272,10 @@ class LiveSession:
         """What sounds at the end of the phrase, so the answer releases the player's held notes and
         never writes an event the decoder would drop; the checkpoint's release prior applies."""
         from amadeus.performance_state import PerformanceState
+        from amadeus.playing_rules import DEFAULT_RULES
 
-        self.performance = PerformanceState([list(prompt_ids)], flavour=self.codec.flavour,
+        self.performance = PerformanceState([list(prompt_ids)], self.cfg.rules or DEFAULT_RULES,
+                                            flavour=self.codec.flavour,
                                             decoder_max_note_seconds=self.codec.max_note_seconds,
                                             release_prior=getattr(self.model, "release_prior", None))
 
