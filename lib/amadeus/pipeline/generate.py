@@ -257,10 +257,7 @@ def run(params: dict, root: Path, family: str, *, quiet: bool = False) -> dict:
     held = held_out(root, datasets, config)
     metrics: dict[str, Any] = {}
     for precision in config.precisions:
-        path = paths.checkpoint(family, precision, root)
-        if not path.is_file():
-            raise UserError(f"{path}: checkpoint not found; run `dvc repro` (train/quantize {family}) "
-                            f"or drop {precision} from generate.precisions")
+        path = paths.existing_checkpoint(family, precision, root, "generate")
         start = time.perf_counter()
         loaded = load(path, device)
         inputs, skipped = collect_inputs(root, config, loaded.flavour)

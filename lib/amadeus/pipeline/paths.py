@@ -44,6 +44,17 @@ def checkpoint(family: str, precision: str = "fp32", root: Root = ".") -> Path:
     return Path(root) / "save" / name
 
 
+def existing_checkpoint(family: str, precision: str, root: Root, stage: str) -> Path:
+    """`checkpoint(...)`, or a one-line UserError saying how to make it or leave it out of `stage`."""
+    from amadeus.errors import UserError
+
+    path = checkpoint(family, precision, root)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found; run `dvc repro` (train/quantize {family}) "
+                        f"or drop {precision} from {stage}.precisions")
+    return path
+
+
 def stats_file(family: str, root: Root = ".") -> Path:
     """The activation statistics the calibrate stage writes and the quantize stage reads."""
     return Path(root) / "stats" / f"{family}.yaml"

@@ -165,10 +165,7 @@ def run(params: dict, root: Path, family: str) -> dict:
     splits = {split: data.load_split(folders, split) for split in config.splits}
     result: dict = {"family": family}
     for precision in config.precisions:
-        path = paths.checkpoint(family, precision, root)
-        if not path.is_file():
-            raise UserError(f"{path}: checkpoint not found; run `dvc repro` (train/quantize {family}) "
-                            f"or drop {precision} from score.precisions")
+        path = paths.existing_checkpoint(family, precision, root, "score")
         start = time.perf_counter()
         result[precision] = score_checkpoint(path, splits, data_flavour, config, device)
         figures = ", ".join(f"{split} NLL {e['nll']:.4f}" for split, e in result[precision].items()
