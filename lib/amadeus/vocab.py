@@ -86,10 +86,6 @@ def strip_pad(ids: np.ndarray) -> np.ndarray:
     return ids[ids < PAD_ID]
 
 
-def is_note_event(ids: np.ndarray) -> np.ndarray:
-    """True for note-ons and note-offs."""
-    return np.asarray(ids) < TIME_SHIFT
-
 
 EVENT_CLASSES = {  # name -> [first id, last id + 1)
     "note_on": (NOTE_ON, NOTE_OFF),
