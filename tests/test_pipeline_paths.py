@@ -1,9 +1,8 @@
-"""amadeus.pipeline.paths and dvc.yaml name the same files, every stage depends on the code it imports,
-and a change of params reruns exactly the stages that read them (and those downstream)."""
+"""amadeus.pipeline.paths and dvc.yaml name the same files, and a change of params reruns exactly the
+stages that read them (and those downstream). Code deps: tests/test_dvc_deps.py."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import yaml
@@ -12,13 +11,6 @@ from amadeus.pipeline import paths
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("download", "preprocess", "train", "calibrate", "quantize", "generate", "score", "evaluate")
-# Modules that decide no figure of any output (errors, atomic writes, params validation, device lookup,
-# package docstrings): a stage need not rerun when they change.
-PLUMBING = {"lib/amadeus/__init__.py", "lib/amadeus/pipeline/__init__.py", "lib/amadeus/errors.py",
-            "lib/amadeus/fileio.py", "lib/amadeus/params.py", "lib/amadeus/hardware.py"}
-# Imports on a path the stage never takes: checkpoint.load_model imports amadeus.quant for int8
-# checkpoints only, and training loads fp32 ones.
-NOT_TAKEN = {"train": {"lib/amadeus/quant"}}
 
 
 def _stages(key: str) -> dict[str, dict]:
@@ -72,61 +64,6 @@ def test_every_stage_depends_on_its_script_and_pipeline_module_and_every_code_de
         for dep in deps:
             if dep.startswith(("lib/", "stages/")):
                 assert (ROOT / dep).exists(), f"{name}: {dep} does not exist"
-
-
-def _module_file(name: str) -> Path | None:
-    base = ROOT / "lib" / Path(*name.split("."))
-    for path in (base / "__init__.py", base.with_suffix(".py")):
-        if path.is_file():
-            return path
-    return None
-
-
-def _imported(path: Path, module: str) -> set[str]:
-    """amadeus modules one file imports, anywhere in it (lazy imports inside functions count)."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
-                base = ".".join(parent + ([node.module] if node.module else []))
-            found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names if _module_file(f"{base}.{a.name}")}
-    return {m for m in found if m.split(".")[0] == "amadeus"}
-
-
-def imported_files(module: str) -> set[str]:
-    """Every library file that importing and running `module` can load (its parents' __init__ too)."""
-    seen, todo = set(), [module]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        parts = name.split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
-        if (path := _module_file(name)) is not None:
-            todo += _imported(path, name)
-    return {_module_file(m).relative_to(ROOT).as_posix() for m in seen if _module_file(m)}
-
-
-def test_every_stage_depends_on_every_library_module_it_imports():
-    for name, stage in _stages("x").items():
-        deps = {d.rstrip("/") for d in _names(stage["deps"])} | NOT_TAKEN.get(name, set())
-        missing = sorted(f for f in imported_files(f"amadeus.pipeline.{name}") - PLUMBING
-                         if not any(f == d or f.startswith(d + "/") for d in deps))
-        assert not missing, f"dvc.yaml: stage {name} imports {missing} but does not list them in deps"
-
-
-def test_the_import_walk_finds_lazy_and_transitive_imports():
-    files = imported_files("amadeus.pipeline.generate")
-    assert "lib/amadeus/render.py" in files  # imported inside a function
-    assert "lib/amadeus/vocab.py" in files  # through amadeus.generation and others
-    assert "lib/amadeus/pipeline/score.py" not in files
 
 
 def _expanded() -> dict[str, dict]:
