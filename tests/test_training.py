@@ -37,7 +37,8 @@ def data():
 
 def outputs(folder) -> Outputs:
     return Outputs(checkpoint=folder / "save" / "m.sess", tensorboard=folder / "runs",
-                   plots=folder / "plots.csv", metrics=folder / "metrics.json")
+                   plots=folder / "plots.csv", val_plots=folder / "val.csv", metrics=folder / "metrics.json",
+                   timings=folder / "timings.json")
 
 
 def run(folder, data, cfg=None, model=MODEL, **kw):
@@ -49,7 +50,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, data):
     straight = run(tmp_path / "a", data)
     assert not straight["interrupted"] and straight["steps"] == 8
     half = run(tmp_path / "b", data, on_step=lambda step, loss: step == 4)
-    assert half == {"interrupted": True, "steps": 4}
+    assert half == {"interrupted": True, "steps": 4, "stopped_by": "interrupted"}
+    assert checkpoint.load(tmp_path / "b/save/m.sess")["stopped_by"] == "interrupted"
     assert checkpoint.load(tmp_path / "b/save/m.sess")["step"] == 4
     resumed = run(tmp_path / "b", data)
     assert resumed["steps"] == 8
@@ -59,23 +61,51 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, data):
         assert torch.equal(value, b["model"][key]), key  # exactly, dropout and augmentation included
     assert a["history"] == b["history"]
     assert (tmp_path / "a/plots.csv").read_text() == (tmp_path / "b/plots.csv").read_text()
+    assert (tmp_path / "a/val.csv").read_text() == (tmp_path / "b/val.csv").read_text()
+    assert (tmp_path / "a/metrics.json").read_bytes() == (tmp_path / "b/metrics.json").read_bytes()
     for key in ("train_nll", "val_nll", "unigram_nll", "parameters", "steps"):
         assert straight[key] == resumed[key]
+
+
+def test_the_same_params_give_the_same_checkpoint_bytes(tmp_path, data):
+    """No wall time in the checkpoint or the metrics: two runs write identical files (CPU, pinned threads)."""
+    run(tmp_path / "a", data)
+    run(tmp_path / "b", data)
+    for name in ("save/m.sess", "metrics.json", "plots.csv", "val.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    ckpt = checkpoint.load(tmp_path / "a/save/m.sess")
+    assert ckpt["stopped_by"] == "max_steps" and "wall" not in ckpt and "seconds" not in ckpt
+
+
+def test_a_time_cap_that_ends_training_says_so(tmp_path, data, caplog):
+    with caplog.at_level(logging.WARNING, logger="amadeus.train"):
+        metrics = run(tmp_path, data, tiny_config(max_steps=10_000, max_seconds=0.5))
+    assert metrics["stopped_by"] == "max_seconds" and 0 < metrics["steps"] < 10_000
+    assert "STOPPED BY THE TIME CAP train.max_seconds=0.5" in caplog.text
+    assert json.loads((tmp_path / "metrics.json").read_text())["stopped_by"] == "max_seconds"
+    ckpt = checkpoint.load(tmp_path / "save/m.sess")
+    assert ckpt["stopped_by"] == "max_seconds" and ckpt["wall"] >= 0.5  # the budget, summed on resume
+    assert TrainConfig().max_seconds == 0  # off by default: the defaults end by max_steps
 
 
 def test_outputs_metrics_plots_and_tensorboard(tmp_path, data):
     metrics = run(tmp_path, data, tiny_config(cpu_precision="bf16"))  # the autocast path runs too
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("parameters", "steps", "seconds", "tokens_per_second", "train_nll", "val_nll", "unigram_nll",
-                "val_nll_controls"):
+    for key in ("parameters", "steps", "train_nll", "val_nll", "unigram_nll", "val_nll_controls"):
         assert key in saved and saved[key] == metrics[key]
-    assert saved["tokens_per_second"] > 0 and saved["val_nll"] < np.log(388) + 1
+    assert saved["stopped_by"] == "max_steps" and saved["val_nll"] < np.log(388) + 1
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert timings["tokens_per_second"] > 0 and timings["steps_this_run"] == 8
+    assert not {"seconds", "tokens_per_second", "seconds_in_steps"} & set(saved)  # measurements stay out
     # the release prior can only lower the NLL of the data it was fitted on (it starts from no bias)
     assert saved["release_prior_train_nll_after"] <= saved["release_prior_train_nll_before"]
     assert saved["release_prior_validation_events"] > 0
+    rows = (tmp_path / "val.csv").read_text().splitlines()
+    assert rows[0] == "step,val_nll"
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [3, 6, 8]  # every validation and the end
     rows = (tmp_path / "plots.csv").read_text().splitlines()
-    assert rows[0] == "step,train_loss,val_loss"
-    assert [int(r.split(",")[0]) for r in rows[1:]] == [3, 6, 8]
+    assert rows[0] == "step,train_loss"
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [2, 4, 6, 8]  # every log step
     assert list((tmp_path / "runs").glob("events.out.tfevents.*"))
 
 
@@ -124,7 +154,7 @@ def test_sigterm_saves_and_stops(tmp_path, data):
             os.kill(os.getpid(), signal.SIGTERM)
 
     result = run(tmp_path, data, on_step=send)
-    assert result == {"interrupted": True, "steps": 2}  # stopped before step 3, checkpoint saved
+    assert result == {"interrupted": True, "steps": 2, "stopped_by": "interrupted"}  # stopped before step 3, checkpoint saved
     assert checkpoint.load(tmp_path / "save/m.sess")["step"] == 2
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
     assert not (tmp_path / "metrics.json").exists()
@@ -191,7 +221,13 @@ def test_train_stage_end_to_end(tmp_path, data):
     assert done.returncode == 0, done.stderr
     metrics = json.loads(paths.metrics_file("train", "performance_rnn", tmp_path).read_text())
     assert metrics["steps"] == 3 and metrics["val_nll"] > 0
-    assert paths.plots_file("performance_rnn", tmp_path).read_text().startswith("step,train_loss,val_loss")
+    assert paths.plots_file("performance_rnn", tmp_path).read_text().startswith("step,train_loss\n")
+    assert paths.plots_file("performance_rnn", tmp_path, "val_nll").read_text().startswith("step,val_nll\n")
+    headline = json.loads(paths.headline_file("train", "performance_rnn", tmp_path).read_text())
+    assert headline["val_nll"] == metrics["val_nll"] and headline["stopped_by"] == "max_steps"
+    assert set(headline) <= {"val_nll", "val_nll_controls", "train_nll", "unigram_nll", "parameters", "steps",
+                             "stopped_by"}
+    assert json.loads(paths.timings_file("train", "performance_rnn", tmp_path).read_text())["steps_this_run"] == 3
     ckpt = checkpoint.load(paths.checkpoint("performance_rnn", root=tmp_path))
     assert ckpt["params"]["datasets"] == ["synth"] and ckpt["codec"] == {"flavour": "magenta"}
     params["train"]["performance_rnn"]["bogus"] = 1

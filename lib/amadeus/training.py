@@ -9,7 +9,11 @@ The train stage (amadeus.pipeline.train) builds the config from params.yaml and 
   reproducible by step; validation on evenly spaced windows of the validation split (amadeus.nll).
 - AdamW (weight decay on matrices only), linear warm-up then cosine decay to `min_lr_ratio * lr`,
   gradient-norm clipping; bf16 autocast on CUDA, and on CPU when `cpu_bf16` is set.
-- Stops at `max_steps` or `max_seconds` (training time summed over resumed runs), whichever first.
+- Stops at `max_steps`; a user may also set `max_seconds` (wall time summed over resumed runs, off by
+  default), and when that cap ends a run it says so loudly: a warning, `stopped_by: max_seconds` in the
+  metrics and in the checkpoint (else `max_steps`, or `interrupted` for a signal or `on_step`).
+- The checkpoint and the metrics are functions of the data and params only (no wall time, so the same
+  params give the same bytes on a slower machine); timings (seconds, tokens/s) go to `Outputs.timings`.
 - Saves the `.sess` atomically every `save_every_seconds`, at the end, and on SIGINT/SIGTERM; a rerun
   resumes from it and (on CPU) ends with exactly the weights of an uninterrupted run.
 - Resuming is refused for a checkpoint made with other model config, codec, datasets or data/optimiser
@@ -74,7 +78,8 @@ class TrainConfig:
     transpose: int = knob(3, min=0, max=12, help="random transposition up to +-this many semitones")
     stretch: float = knob(0.05, min=0, lt=0.5, help="random time stretch by a factor in 1 +- this")
     max_steps: int = knob(1200, min=1)
-    max_seconds: float = knob(3600.0, gt=0, help="wall-time safety cap, summed over resumed runs")
+    max_seconds: float = knob(0.0, min=0, help="wall-time cap, summed over resumed runs; 0 = off (the result "
+                              "then depends on the machine's speed: stopped_by says when it hit)")
     release_prior_events: int = knob(3000, min=0, help="events per train piece the release prior is fitted "
                                      "on after training (amadeus.release_prior); 0 = none")
     val_every: int = knob(200, min=1, help="steps between validations")
@@ -93,9 +98,11 @@ BUDGET_KEYS = ("device", "cpu_precision", "cuda_bf16", "threads", "max_steps", "
 @dataclass
 class Outputs:
     checkpoint: Path
-    tensorboard: Path | None = None  # runs/<family>/
-    plots: Path | None = None        # output/plots/train_<family>.csv
-    metrics: Path | None = None      # output/metrics/train_<family>.json
+    tensorboard: Path | None = None  # runs/<family>/ (event files are named by time and host: not a DVC output)
+    plots: Path | None = None        # train loss every log_every steps: step,train_loss
+    val_plots: Path | None = None    # validation NLL every val_every steps and at the end: step,val_nll
+    metrics: Path | None = None      # results (functions of data and params)
+    timings: Path | None = None      # measurements of this run: seconds, tokens/s (machine-dependent)
 
 
 def autocast(device: torch.device, cfg: TrainConfig) -> contextlib.AbstractContextManager:
@@ -247,10 +254,14 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     identity = _identity(family, model_cfg, cfg, params)
-    # seconds: time in training steps (for tokens/s); wall: that plus validation and saving (the budget)
-    state = {"step": 0, "seconds": 0.0, "wall": 0.0, "history": [], "acc": [0.0, 0]}
+    # seconds: time in this run's training steps (for tokens/s); wall: that plus validation and saving,
+    # summed over resumed runs (the max_seconds budget; kept in the checkpoint only when a cap is set).
+    # history: [step, train_loss, val_nll] per validation; curve: [step, train_loss] per log step.
+    state = {"step": 0, "seconds": 0.0, "wall": 0.0, "history": [], "curve": [], "acc": [0.0, 0],
+             "log_acc": [0.0, 0], "stopped_by": None}
     if out.checkpoint.exists():
         _resume(out.checkpoint, identity, cfg, model, optimizer, scheduler, state)
+    first_step = state["step"]
 
     uses_controls = bool(getattr(model, "uses_controls", False))
     sampler = WindowSampler(train_arrays, window, cfg.stride, transpose=cfg.transpose, stretch=cfg.stretch,
@@ -281,9 +292,9 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
             "params": {"train": as_dict(cfg), f"models.{family}": model_cfg,
                        **{k: v for k, v in params.items() if v is not None}},
             "codec": dict(params.get("codec") or {}),
-            "seconds": state["seconds"], "wall": state["wall"], "history": state["history"],
-            "acc": list(state["acc"]),
-            "window": window,
+            "history": state["history"], "curve": state["curve"], "acc": list(state["acc"]),
+            "log_acc": list(state["log_acc"]), "window": window, "stopped_by": state["stopped_by"],
+            **({"wall": state["wall"]} if cfg.max_seconds else {}),
             **({"release_prior": state["release_prior"]} if state.get("release_prior") else {}),
         })
 
@@ -298,7 +309,8 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
              family, f"{parameter_count(model):,}", window, cfg.batch_size, sampler.n_windows, len(val_ids),
              device, " (bf16 autocast)" if not isinstance(amp(), contextlib.nullcontext) else "")
     with _signals(stop):
-        while state["step"] < cfg.max_steps and state["wall"] < cfg.max_seconds and stop.reason is None:
+        while (state["step"] < cfg.max_steps and not (cfg.max_seconds and state["wall"] >= cfg.max_seconds)
+               and stop.reason is None):
             t0 = time.perf_counter()
             ids, ctrl = sampler.batch(state["step"], cfg.batch_size)
             ids = ids.to(device, non_blocking=True)
@@ -320,9 +332,14 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
             state["seconds"] += dt
             state["acc"][0] += value
             state["acc"][1] += 1
+            state["log_acc"][0] += value
+            state["log_acc"][1] += 1
             step = state["step"]
             bar.update(1)
             if step % cfg.log_every == 0:
+                total, n = state["log_acc"]
+                state["curve"].append([step, total / n])  # mean loss of the steps since the last point
+                state["log_acc"] = [0.0, 0]
                 bar.set_postfix(loss=f"{value:.3f}", tok_s=f"{tokens_per_step / dt:,.0f}")
                 board.add("train/loss", value, step)
                 board.add("train/lr", lr, step)
@@ -338,11 +355,17 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
             state["wall"] += time.perf_counter() - t0
     bar.close()
     if stop.reason is not None:
+        state["stopped_by"] = "interrupted"
         save()
         board.close()
         log.warning("%s: stopped by %s at step %d; checkpoint saved to %s (rerun to resume)",
                     family, stop.reason, state["step"], out.checkpoint)
-        return {"interrupted": True, "steps": state["step"]}
+        return {"interrupted": True, "steps": state["step"], "stopped_by": "interrupted"}
+    state["stopped_by"] = "max_steps" if state["step"] >= cfg.max_steps else "max_seconds"
+    if state["stopped_by"] == "max_seconds":
+        log.warning("%s: STOPPED BY THE TIME CAP train.max_seconds=%g at step %d of %d: this result depends "
+                    "on the machine's speed (set max_seconds: 0 to end by max_steps)", family, cfg.max_seconds,
+                    state["step"], cfg.max_steps)
     final = validate(final=True)  # deterministic: equals the row recorded at this step, if any
     if not state["history"] or state["history"][-1][0] != state["step"]:
         _record(state, final, board)
@@ -356,8 +379,7 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
     metrics = {
         "parameters": parameter_count(model),
         "steps": state["step"],
-        "seconds": round(state["wall"], 2),
-        "tokens_per_second": round(state["step"] * tokens_per_step / max(state["seconds"], 1e-9), 1),
+        "stopped_by": state["stopped_by"],
         "train_nll": round(mean_nll(model, train_ids, None, cfg.batch_size, device, amp), 4),
         "val_nll": round(final["val_nll"], 4),
         "unigram_nll": round(unigram, 4),
@@ -366,11 +388,14 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
         metrics["val_nll_controls"] = round(final["val_nll_controls"], 4)
     metrics.update({f"release_prior_{k}": v for k, v in prior_figures.items()})
     metrics["device"] = str(device)
-    metrics["interrupted"] = False
-    _write_outputs(out, state["history"], {k: v for k, v in metrics.items() if k != "interrupted"})
-    log.info("%s: step %d, val_nll %.4f (unigram %.4f), %.0f tokens/s", family, metrics["steps"],
-             metrics["val_nll"], metrics["unigram_nll"], metrics["tokens_per_second"])
-    return metrics
+    timings = {"steps_this_run": state["step"] - first_step, "seconds_in_steps": round(state["seconds"], 2),
+               "tokens_per_second": round((state["step"] - first_step) * tokens_per_step
+                                          / max(state["seconds"], 1e-9), 1),
+               "wall_seconds_summed": round(state["wall"], 2) if cfg.max_seconds else None}
+    _write_outputs(out, state, metrics, timings)
+    log.info("%s: step %d (stopped by %s), val_nll %.4f (unigram %.4f), %.0f tokens/s", family, metrics["steps"],
+             metrics["stopped_by"], metrics["val_nll"], metrics["unigram_nll"], timings["tokens_per_second"])
+    return {**metrics, **timings, "interrupted": False}
 
 
 def _record(state: dict, val: dict, board: _Board) -> None:
@@ -406,10 +431,10 @@ def _resume(path: Path, identity: dict, cfg: TrainConfig, model: nn.Module, opti
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     checkpoint.set_rng_state(ckpt["rng"])
-    state.update(step=int(ckpt["step"]), seconds=float(ckpt.get("seconds", 0.0)),
-                 wall=float(ckpt.get("wall", ckpt.get("seconds", 0.0))),
-                 history=[list(r) for r in ckpt.get("history", [])], acc=list(ckpt.get("acc", [0.0, 0])))
-    log.info("%s: resuming at step %d (%.0f s trained)", path, state["step"], state["seconds"])
+    state.update(step=int(ckpt["step"]), wall=float(ckpt.get("wall", 0.0)),
+                 history=[list(r) for r in ckpt.get("history", [])], curve=[list(r) for r in ckpt.get("curve", [])],
+                 acc=list(ckpt.get("acc", [0.0, 0])), log_acc=list(ckpt.get("log_acc", [0.0, 0])))
+    log.info("%s: resuming at step %d", path, state["step"])
 
 
 def _progress(enabled: bool, total: int, initial: int) -> Any:
@@ -419,17 +444,24 @@ def _progress(enabled: bool, total: int, initial: int) -> Any:
     return tqdm(total=total, initial=initial, disable=quiet, unit="step", dynamic_ncols=True)
 
 
-def _write_outputs(out: Outputs, history: list, metrics: dict) -> None:
+def _write_csv(path: Path, header: list[str], rows: list) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    with atomic_open(path, "w") as f:
+        f.write(buf.getvalue())
+
+
+def _write_outputs(out: Outputs, state: dict, metrics: dict, timings: dict) -> None:
     if out.plots is not None:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["step", "train_loss", "val_loss"])
-        for step, train_loss, val_loss in history:
-            writer.writerow([step, "" if train_loss is None else f"{train_loss:.5f}", f"{val_loss:.5f}"])
-        with atomic_open(out.plots, "w") as f:
-            f.write(buf.getvalue())
+        _write_csv(out.plots, ["step", "train_loss"], [[step, f"{loss:.5f}"] for step, loss in state["curve"]])
+    if out.val_plots is not None:
+        _write_csv(out.val_plots, ["step", "val_nll"], [[step, f"{val:.5f}"] for step, _, val in state["history"]])
     if out.metrics is not None:
         write_json(out.metrics, metrics)
+    if out.timings is not None:
+        write_json(out.timings, timings)
 
 
 __all__ = ["BUDGET_KEYS", "Outputs", "TrainConfig", "autocast", "lr_factor", "make_optimizer", "train"]

@@ -9,10 +9,14 @@ that the two agree.
     save/<family>.int8.sess                quantize@<family>
     output/<family>/<precision>/           generate@<family>
     output/<family>/<precision>/eval/      generate@<family>: continuations of the held-out prompts
-    output/metrics/<stage>_<name>.json     every stage's metrics (score_<family>.json: score@<family>;
-                                           evaluate.json and evaluate.md: evaluate)
-    output/plots/train_<family>.csv        train@<family>
-    runs/<family>/                         train@<family> (TensorBoard)
+    output/metrics/<stage>_<name>.json     every stage's full results (score_<family>.json: score@<family>;
+                                           evaluate.json and evaluate.md: evaluate): DVC outputs
+    metrics/<stage>_<name>.json            a few headline numbers of each: DVC metrics, tracked by git
+    plots/<family>_{train_loss,val_nll}.csv  train@<family>'s curves: DVC plots, tracked by git
+    timings/<stage>_<name>.json            seconds, tokens/s of the last run: neither DVC nor git tracks them
+    runs/<family>/                         train@<family> (TensorBoard; not a DVC output)
+
+Nothing DVC hashes holds a wall time, a host name or an absolute path (docs/dvc.md).
 """
 
 from __future__ import annotations
@@ -84,9 +88,21 @@ def metrics_file(stage: str, name: str | None = None, root: Root = ".", suffix: 
     return metrics_dir(root) / (f"{stage}_{name}{suffix}" if name else f"{stage}{suffix}")
 
 
-def plots_file(family: str, root: Root = ".") -> Path:
-    """The training curve (step, train_loss, val_loss) that `dvc plots` draws."""
-    return Path(root) / "output" / "plots" / f"train_{family}.csv"
+def headline_file(stage: str, name: str | None = None, root: Root = ".") -> Path:
+    """metrics/<stage>_<name>.json: the few numbers `dvc metrics show` / `dvc exp show` compare."""
+    return Path(root) / "metrics" / (f"{stage}_{name}.json" if name else f"{stage}.json")
+
+
+def timings_file(stage: str, name: str | None = None, root: Root = ".") -> Path:
+    """timings/<stage>_<name>.json: how long the last run took here (a measurement, not a result)."""
+    return Path(root) / "timings" / (f"{stage}_{name}.json" if name else f"{stage}.json")
+
+
+def plots_file(family: str, root: Root = ".", curve: str = "train_loss") -> Path:
+    """A training curve that `dvc plots` draws: `train_loss` (every log step) or `val_nll` (every validation)."""
+    if curve not in ("train_loss", "val_nll"):
+        raise ValueError(f"curve: {curve!r}; allowed: train_loss, val_nll")
+    return Path(root) / "plots" / f"{family}_{curve}.csv"
 
 
 def tensorboard_dir(family: str, root: Root = ".") -> Path:

@@ -12,6 +12,7 @@ from typing import Any
 
 from amadeus.data import load_split
 from amadeus.errors import UserError
+from amadeus.fileio import write_json
 from amadeus.models import FAMILIES
 from amadeus.params import build, section
 from amadeus.pipeline import paths
@@ -40,7 +41,18 @@ def run(params: dict, root: Path, family: str) -> dict:
     datasets = section(params, "datasets")
     folders = [paths.processed_dir(name, root) for name in datasets]
     out = Outputs(checkpoint=paths.checkpoint(family, root=root), tensorboard=paths.tensorboard_dir(family, root),
-                  plots=paths.plots_file(family, root), metrics=paths.metrics_file("train", family, root))
-    return train(family, section(params, f"models.{family}"), cfg, load_split(folders, "train"),
-                 load_split(folders, "validation"), out,
-                 params={"codec": {"flavour": section(params, "codec.flavour")}, "datasets": list(datasets)})
+                  plots=paths.plots_file(family, root), val_plots=paths.plots_file(family, root, "val_nll"),
+                  metrics=paths.metrics_file("train", family, root), timings=paths.timings_file("train", family, root))
+    result = train(family, section(params, f"models.{family}"), cfg, load_split(folders, "train"),
+                   load_split(folders, "validation"), out,
+                   params={"codec": {"flavour": section(params, "codec.flavour")}, "datasets": list(datasets)})
+    if not result["interrupted"]:
+        write_json(paths.headline_file("train", family, root), headline(result))
+    return result
+
+
+def headline(metrics: dict) -> dict:
+    """What `dvc metrics show` prints for a trained model: its validation NLL (the training windows) and
+    how training ended."""
+    keys = ("val_nll", "val_nll_controls", "train_nll", "unigram_nll", "parameters", "steps", "stopped_by")
+    return {k: metrics[k] for k in keys if k in metrics}
