@@ -17,7 +17,7 @@ from test_downloader import make_tar, make_zip, running_server
 
 from amadeus.errors import UserError
 from amadeus.pipeline import paths
-from amadeus.sources import RECORD, SOURCE_KINDS, config_for, fetch, maestro_sample
+from amadeus.sources import FETCH_LOG, RECORD, SOURCE_KINDS, config_for, fetch, maestro_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"retries": 2, "backoff": 0.01, "delay": 0.0}
@@ -127,7 +127,9 @@ def test_url_zip_records_and_reruns_from_cache(server, tmp_path):
     record = json.loads((midi / "web" / RECORD).read_text())
     (fetched,) = record["fetched"]
     assert (fetched["url"], fetched["bytes"], fetched["sha256"]) == (url, len(data), sha(data))
-    assert fetched["time"]
+    assert "time" not in fetched  # SOURCE.json is a DVC output: the same bytes on every machine and rerun
+    (logged,) = json.loads((cache / "web" / FETCH_LOG).read_text())["fetched"]
+    assert logged["time"] and logged["sha256"] == sha(data)  # when it came: the cache's log, untracked
     # Rerun: nothing to do. Output removed (as DVC does before rerunning): rebuilt from the cache.
     assert fetch("web", settings, midi / "web", cache=cache / "web").up_to_date
 
@@ -183,6 +185,8 @@ def test_giantmidi_from_a_local_archive_enforces_sha_without_deleting(tmp_path):
     assert r.files == 1 and (midi / "g" / "Bach, J.S., Prelude.mid").exists()
     record = json.loads((midi / "g" / RECORD).read_text())
     assert record["fetched"][0]["sha256"] == sha(arc.read_bytes())
+    assert record["fetched"][0]["url"] == "file:midis_v1.2.zip"  # no absolute path of this machine
+    assert "time" not in record["fetched"][0]
     with pytest.raises(UserError, match="give exactly one of path or url.*GiantMIDI-Piano"):
         fetch("h", {"kind": "giantmidi-piano"}, midi / "h", cache=cache / "h")
 

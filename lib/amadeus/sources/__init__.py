@@ -36,6 +36,7 @@ from amadeus.sources.downloader import sha256_file
 
 RECORD = "SOURCE.json"
 RECORD_FORMAT = "amadeus.source/1"
+FETCH_LOG = "FETCH_LOG.json"  # in the download cache: what was fetched, when (not a DVC output)
 
 
 @dataclass(frozen=True)
@@ -112,14 +113,24 @@ def fetch(name: str, settings: Mapping, dest: Path, *, cache: Path | None = None
                     "sha256": sha256_file(p)} for p in files]
         write_json(staging / RECORD, {
             "format": RECORD_FORMAT, "name": name, "settings": wanted,
-            "fetched": ctx.fetched, "skipped": ctx.skipped, "files": entries,
+            "fetched": [_portable(f) for f in ctx.fetched], "skipped": ctx.skipped, "files": entries,
         })
+        write_json(cache / FETCH_LOG, {"name": name, "fetched": ctx.fetched})  # when and from where, untracked
         _swap_in(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return FetchReport(name, kind, len(entries), sum(e["bytes"] for e in entries),
                        time.monotonic() - start, dest / RECORD, downloaded_bytes=ctx.downloaded_bytes,
                        skipped=len(ctx.skipped), split=(dest / SPLIT_FILE).is_file())
+
+
+def _portable(entry: dict) -> dict:
+    """A fetched-file entry as SOURCE.json keeps it: no download time and no absolute local path, so the
+    record (a DVC output) is the same on every machine and every rerun; those stay in the cache's log."""
+    out = {k: v for k, v in entry.items() if k != "time"}
+    if str(out.get("url", "")).startswith("file:"):
+        out["url"] = "file:" + (out.get("file") or Path(out["url"]).name)
+    return out
 
 
 def _up_to_date(dest: Path, wanted: dict) -> dict | None:
@@ -148,4 +159,4 @@ def _swap_in(staging: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["SOURCE_KINDS", "FetchReport", "config_for", "fetch", "RECORD"]
+__all__ = ["FETCH_LOG", "SOURCE_KINDS", "FetchReport", "config_for", "fetch", "RECORD"]
