@@ -59,13 +59,26 @@ class CodecConfig:
     max_piece_seconds: float = knob(4 * 3600.0, gt=0, help="preprocess skips longer pieces as broken")
 
 
-class MidiError(UserError):
-    """A MIDI file that cannot be encoded; `reason` is one line (not a MIDI file, truncated, ...)."""
+# Why a file is refused, as counted in preprocess metrics (docs/midi-parsing.md#what-is-refused).
+MIDI_ERROR_KINDS = ("unreadable", "empty", "too-large", "not-midi", "truncated", "bad-header", "bad-division",
+                    "bad-tempo", "bad-timing", "corrupt", "too-many-events", "no-notes", "too-long")
 
-    def __init__(self, reason: str, path: str | Path | None = None):
-        self.reason = reason
+# Bounds on what one file may cost (docs/midi-parsing.md#limits), far above real piano music: a
+# concert-length MAESTRO performance has tens of thousands of notes in well under 1 MB.
+MAX_FILE_BYTES = 16 << 20          # read no more; symusic holds ~2.5x the file while parsing
+MAX_EVENTS = 1_000_000             # notes + controller changes + pitch bends + tempos; ~300 MB to encode
+MAX_PRETTY_MIDI_NOTES = 200_000    # pretty_midi (pure Python) takes ~20 us and ~1 kB per note
+
+
+class MidiError(UserError):
+    """A MIDI file that cannot be encoded; `reason` is one line (not a MIDI file, truncated, ...) and
+    `kind` one of MIDI_ERROR_KINDS."""
+
+    def __init__(self, reason: str, path: str | Path | None = None, kind: str = "corrupt"):
+        self.reason = " ".join(reason.split())   # one line whatever a parser said
         self.path = None if path is None else str(path)
-        super().__init__(reason if path is None else f"{path}: {reason}")
+        self.kind = kind
+        super().__init__(self.reason if path is None else f"{path}: {self.reason}")
 
 
 @dataclass
@@ -277,7 +290,7 @@ def encode_notes(pitch, start, end, velocity, flavour: str = "magenta") -> np.nd
     if len(pitch) and (pitch.min() < 0 or pitch.max() > 127):
         raise ValueError("encode_notes: pitches must be in 0..127")
     if len(start) and min(start.min(), end.min()) < 0:
-        raise MidiError("a note has a negative time")
+        raise MidiError("a note has a negative time", kind="bad-timing")
     if len(pitch) == 0:
         return np.zeros(0, dtype=np.int32)
     if flavour == "magenta":
@@ -389,25 +402,102 @@ def encode(midi: pretty_midi.PrettyMIDI | str | Path, flavour: str = "magenta") 
     return _encode_parsed(_notes_from_pretty_midi(midi), flavour)[0]
 
 
-def _load_score(path: str | Path):
-    """(symusic Score, file bytes), or MidiError with the reason."""
+def _read_bytes(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The file's bytes, refusing what is not a plain file or is larger than `max_bytes`.
+
+    Reads at most max_bytes + 1 bytes, so a device or a file that grows while read cannot exhaust memory.
+    """
+    path = Path(path)
+    try:
+        if not path.is_file():
+            why = "no such file" if not path.exists() else "not a regular file"
+            raise MidiError(f"cannot read ({why})", path, "unreadable")
+        with path.open("rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise MidiError(f"cannot read ({e.strerror or e})", path, "unreadable") from None
+    if len(data) > max_bytes:
+        raise MidiError(f"too large: over {max_bytes >> 20} MiB (MAX_FILE_BYTES)", path, "too-large")
+    if not data:
+        raise MidiError("empty file", path, "empty")
+    return data
+
+
+def _check_header(data: bytes, path: str | Path) -> None:
+    """Refuse what symusic or pretty_midi would misread or divide by: the MThd chunk's fields."""
+    if data[:4] != b"MThd":
+        raise MidiError("not a MIDI file (no MThd header)", path, "not-midi")
+    if len(data) < 14:
+        raise MidiError(f"truncated MIDI file (header of {len(data)} bytes, 14 needed)", path, "truncated")
+    length = int.from_bytes(data[4:8], "big")
+    fmt, tracks, division = (int.from_bytes(data[i:i + 2], "big") for i in (8, 10, 12))
+    if length < 6 or length > len(data) - 8:
+        raise MidiError(f"bad header chunk length {length} (6 expected)", path, "bad-header")
+    if fmt > 2:
+        raise MidiError(f"bad MIDI format {fmt} (0, 1 or 2 allowed)", path, "bad-header")
+    if division & 0x8000:
+        raise MidiError("SMPTE time division (frames per second) is not supported; "
+                        "only ticks per quarter note", path, "bad-division")
+    if division == 0:
+        raise MidiError("time division of 0 ticks per quarter note", path, "bad-division")
+    if tracks == 0:
+        raise MidiError("no tracks (the header says 0)", path, "no-notes")
+
+
+def _parse_score(data: bytes, path: str | Path, max_events: int = MAX_EVENTS):
+    """symusic's Score of checked bytes; every parser failure and every value the codec cannot time
+    (tempo 0, too many events) becomes MidiError."""
     import symusic  # imported lazily: only the fast path needs it
 
     try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise MidiError(f"cannot read ({e.strerror or e})", path) from None
-    if not data:
-        raise MidiError("empty file", path)
-    if data[:4] != b"MThd":
-        raise MidiError("not a MIDI file (no MThd header)", path)
-    try:
-        return symusic.Score.from_midi(data), data
-    except Exception as e:  # symusic raises RuntimeError with a parser message
+        score = symusic.Score.from_midi(data)
+    except Exception as e:  # symusic raises RuntimeError (and others) with a parser message
         msg = str(e).replace("MiniMidi: ", "").replace(": iostream error", "").strip()
-        if "chunk length" in msg or "less than 14" in msg:
-            raise MidiError(f"truncated MIDI file ({msg})", path) from None
-        raise MidiError(f"corrupt MIDI file ({msg})", path) from None
+        if "chunk length" in msg or "less than 14" in msg or "Unexpected EOF" in msg:
+            raise MidiError(f"truncated MIDI file or a chunk length past its end ({msg})", path,
+                            "truncated") from None
+        if msg.startswith("Get ") and "=" in msg:   # symusic's check of a data byte, e.g. "Get velocity=255"
+            raise MidiError(f"corrupt MIDI file (a data byte over 127: {msg[4:]})", path) from None
+        raise MidiError(f"corrupt MIDI file ({msg or type(e).__name__})", path) from None
+    events = len(score.tempos) + sum(len(t.notes) + len(t.controls) + len(t.pitch_bends) for t in score.tracks)
+    if events > max_events:
+        raise MidiError(f"too many events: {events:,} > {max_events:,} (MAX_EVENTS)", path, "too-many-events")
+    if score.ticks_per_quarter <= 0:  # the header check refuses these; kept as the divisor's own guard
+        raise MidiError(f"time division of {score.ticks_per_quarter} ticks per quarter note", path, "bad-division")
+    tempos = score.tempos.numpy()
+    zero = np.flatnonzero(tempos["mspq"] <= 0)
+    if len(zero):
+        raise MidiError(f"tempo of {int(tempos['mspq'][zero[0]])} microseconds per quarter note "
+                        f"at tick {int(tempos['time'][zero[0]])}", path, "bad-tempo")
+    return score
+
+
+def _load_score(path: str | Path):
+    """(symusic Score, file bytes), or MidiError with the reason."""
+    data = _read_bytes(path)
+    _check_header(data, path)
+    return _parse_score(data, path), data
+
+
+def _pretty_midi_of(data: bytes, path: str | Path) -> pretty_midi.PrettyMIDI:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pretty_midi.PrettyMIDI(io.BytesIO(data))
+    except Exception as e:  # mido/pretty_midi raise many kinds on malformed files
+        detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise MidiError(f"corrupt MIDI file ({detail})", path) from None
+
+
+def read_midi(path: str | Path) -> pretty_midi.PrettyMIDI:
+    """A MIDI file as PrettyMIDI for commands that need one (live --input-file, render), with the
+    checks and bounds of `encode_path`; a bad file raises MidiError (one line naming the file)."""
+    score, data = _load_score(path)
+    notes = sum(len(t.notes) for t in score.tracks)
+    if notes > MAX_PRETTY_MIDI_NOTES:
+        raise MidiError(f"too many notes for this command: {notes:,} > {MAX_PRETTY_MIDI_NOTES:,}",
+                        path, "too-many-events")
+    return _pretty_midi_of(data, path)
 
 
 def encode_path(path: str | Path, flavour: str = "magenta",
@@ -425,21 +515,25 @@ def encode_path(path: str | Path, flavour: str = "magenta",
     score, data = _load_score(path)
     notes = _notes_from_symusic(score)
     if notes is None:   # overlapping notes of one pitch: pretty_midi's pairing is the reference
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                notes = _notes_from_pretty_midi(pretty_midi.PrettyMIDI(io.BytesIO(data)))
-        except Exception as e:  # pretty_midi raises many kinds on malformed files
-            raise MidiError(f"corrupt MIDI file ({type(e).__name__}: {e})".splitlines()[0], path) from None
+        count = sum(len(t.notes) for t in score.tracks)
+        if count > MAX_PRETTY_MIDI_NOTES:
+            raise MidiError(f"too many notes with overlaps of one pitch to pair exactly: {count:,} > "
+                            f"{MAX_PRETTY_MIDI_NOTES:,} (MAX_PRETTY_MIDI_NOTES)", path, "too-many-events")
+        notes = _notes_from_pretty_midi(_pretty_midi_of(data, path))
     if len(notes.pitch) == 0:
-        raise MidiError("no notes (drum tracks are not used)", path)
-    seconds = float(notes.end.max())
-    if seconds > max_piece_seconds:
-        raise MidiError(f"absurd length: {seconds:.0f} s > max_piece_seconds {max_piece_seconds:.0f}", path)
+        raise MidiError("no notes (drum tracks are not used)", path, "no-notes")
+    if min(notes.start.min(), notes.cc_time.min(initial=0.0)) < 0:
+        raise MidiError("an event time overflows (delta times sum past 2**31 ticks)", path, "bad-timing")
+    # the pedal can hold notes until the last pedal event, so that bounds the piece too (and the ids)
+    seconds = float(max(notes.end.max(), notes.cc_time.max(initial=0.0)))
+    if not seconds <= max_piece_seconds:
+        raise MidiError(f"absurd length: {seconds:.0f} s > max_piece_seconds {max_piece_seconds:.0f}",
+                        path, "too-long")
     ids, count = _encode_parsed(notes, flavour)
     seconds = total_steps(ids) / STEPS_PER_SECOND
-    if seconds > max_piece_seconds:     # the pedal can stretch a piece to its last pedal event
-        raise MidiError(f"absurd length: {seconds:.0f} s > max_piece_seconds {max_piece_seconds:.0f}", path)
+    if seconds > max_piece_seconds:     # kept as a guard: sustain folding never ends a note later
+        raise MidiError(f"absurd length: {seconds:.0f} s > max_piece_seconds {max_piece_seconds:.0f}",
+                        path, "too-long")
     return EncodedPiece(ids=ids, notes=count, seconds=seconds)
 
 
