@@ -35,23 +35,28 @@ def _posix(*ps: Path) -> set[str]:
 def test_dvc_outputs_are_the_paths_of_pipeline_paths():
     s = _stages("x")
     assert _names(s["download"]["outs"]) == _posix(paths.midi_dir("x"))
-    assert _names(s["preprocess"]["outs"]) == _posix(paths.processed_dir("x"))
-    assert _names(s["preprocess"]["metrics"]) == _posix(paths.metrics_file("preprocess", "x"))
+    assert _names(s["preprocess"]["outs"]) == _posix(paths.processed_dir("x"), paths.metrics_file("preprocess", "x"))
+    assert _names(s["preprocess"]["metrics"]) == _posix(paths.headline_file("preprocess", "x"))
     assert paths.midi_dir("x").as_posix() in _names(s["preprocess"]["deps"])
-    assert _names(s["train"]["outs"]) == _posix(paths.checkpoint("x"), paths.tensorboard_dir("x"))
-    assert _names(s["train"]["metrics"]) == _posix(paths.metrics_file("train", "x"))
-    assert _names(s["train"]["plots"]) == _posix(paths.plots_file("x"))
+    assert _names(s["train"]["outs"]) == _posix(paths.checkpoint("x"), paths.metrics_file("train", "x"))
+    assert _names(s["train"]["metrics"]) == _posix(paths.headline_file("train", "x"))
+    assert _names(s["train"]["plots"]) == _posix(paths.plots_file("x"), paths.plots_file("x", curve="val_nll"))
     assert _names(s["calibrate"]["outs"]) == _posix(paths.stats_file("x"))
-    assert _names(s["quantize"]["outs"]) == _posix(paths.checkpoint("x", "int8"))
+    assert _names(s["quantize"]["outs"]) == _posix(paths.checkpoint("x", "int8"), paths.metrics_file("quantize", "x"))
     assert {paths.checkpoint("x").as_posix(), paths.stats_file("x").as_posix()} <= _names(s["quantize"]["deps"])
-    assert _names(s["quantize"]["metrics"]) == _posix(paths.metrics_file("quantize", "x"))
+    assert _names(s["quantize"]["metrics"]) == _posix(paths.headline_file("quantize", "x"))
     assert _names(s["generate"]["outs"]) == _posix(paths.pieces_dir("x", "fp32").parent,
-                                                   paths.pieces_dir("x", "int8").parent)
-    assert _names(s["generate"]["metrics"]) == _posix(paths.metrics_file("generate", "x"))
-    assert _names(s["score"]["metrics"]) == _posix(paths.metrics_file("score", "x"))
+                                                   paths.metrics_file("generate", "x"))
+    assert "metrics" not in s["generate"]  # counts and timings only: no headline number
+    assert _names(s["score"]["outs"]) == _posix(paths.metrics_file("score", "x"))
+    assert _names(s["score"]["metrics"]) == _posix(paths.headline_file("score", "x"))
     assert {paths.checkpoint("x").as_posix(), paths.checkpoint("x", "int8").as_posix()} <= _names(s["score"]["deps"])
-    assert _names(s["evaluate"]["metrics"]) == _posix(paths.metrics_file("evaluate"))
-    assert _names(s["evaluate"]["outs"]) == _posix(paths.metrics_file("evaluate", suffix=".md"))
+    assert _names(s["evaluate"]["metrics"]) == _posix(paths.headline_file("evaluate"))
+    assert _names(s["evaluate"]["outs"]) == _posix(paths.metrics_file("evaluate"),
+                                                   paths.metrics_file("evaluate", suffix=".md"))
+    for stage in s.values():  # git tracks metrics and plots (DVC's convention), DVC does not cache them
+        for entry in (stage.get("metrics") or []) + (stage.get("plots") or []):
+            assert next(iter(entry.values()))["cache"] is False, entry
 
 
 def test_every_stage_depends_on_its_script_and_pipeline_module_and_every_code_dep_exists():

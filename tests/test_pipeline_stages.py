@@ -154,8 +154,14 @@ def test_generate_continues_the_held_out_prompts_with_the_pieces_seeds(workspace
     assert saved == metrics and saved["precision"] == "fp32"
     assert saved["fp32"]["eval_continuations"] == saved["int8"]["eval_continuations"] == 4
     assert saved["pieces"] == 1 + 4 + 1  # unconditioned, eval prompts, input/ files
-    for key in ("pieces", "tokens", "seconds", "tokens_per_second", "seconds_of_music", "real_time_factor"):
+    for key in ("pieces", "tokens", "seconds_of_music"):
         assert key in saved and key in saved["fp32"] and key in saved["int8"]
+    # Speeds are measurements, not results: timings/ (untracked), none in what DVC hashes.
+    timings = json.loads(paths.timings_file("generate", "performance_rnn", workspace).read_text())
+    for key in ("seconds", "tokens_per_second", "real_time_factor", "wall_seconds"):
+        assert key in timings["fp32"] and key not in saved["fp32"]
+    assert all("compute_seconds" not in c for c in index["continuations"])
+    assert all("compute_seconds" not in p for p in pieces["pieces"])
 
 
 def test_generate_renders_only_the_showcase_pieces(workspace: Path):

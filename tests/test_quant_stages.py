@@ -17,8 +17,9 @@ from amadeus.params import as_dict
 from amadeus.pipeline import paths
 
 ROOT = Path(__file__).resolve().parents[1]
-METRIC_KEYS = {"fp32_bytes", "int8_bytes", "size_ratio", "val_nll_fp32", "val_nll_int8", "nll_delta_rel",
-               "tokens_per_second_fp32", "tokens_per_second_int8", "mode", "clip", "threads"}
+METRIC_KEYS = {"fp32_bytes", "int8_bytes", "size_ratio", "val_nll_fp32", "val_nll_int8", "nll_delta_rel", "mode",
+               "clip"}
+TIMING_KEYS = {"tokens_per_second_fp32", "tokens_per_second_int8", "speedup", "threads", "machine"}
 
 
 def _workspace(tmp: Path) -> None:
@@ -65,7 +66,11 @@ def test_calibrate_and_quantize_stages(tmp_path):
     done = _run(tmp_path, "quantize.py")
     assert done.returncode == 0, done.stderr
     metrics = json.loads(paths.metrics_file("quantize", "performance_rnn", tmp_path).read_text())
-    assert set(metrics) >= METRIC_KEYS
+    assert set(metrics) >= METRIC_KEYS and not set(metrics) & TIMING_KEYS  # speed: timings/, untracked
+    timings = json.loads(paths.timings_file("quantize", "performance_rnn", tmp_path).read_text())
+    assert set(timings) >= TIMING_KEYS and timings["tokens_per_second_int8"] > 0
+    headline = json.loads(paths.headline_file("quantize", "performance_rnn", tmp_path).read_text())
+    assert headline == {k: metrics[k] for k in ("fp32_bytes", "int8_bytes", "size_ratio", "nll_delta_rel")}
     assert metrics["int8_bytes"] < metrics["fp32_bytes"]
     int8 = paths.checkpoint("performance_rnn", "int8", tmp_path)
     raw = torch.load(int8, weights_only=True)

@@ -6,24 +6,32 @@ from amadeus.report import summary
 
 def test_summary_reads_each_stage_and_says_when_nothing_ran(tmp_path):
     assert "run `dvc repro`" in summary(tmp_path)
-    write_json(tmp_path / "train_performance_rnn.json", {"parameters": 1000, "steps": 10, "seconds": 5.0,
-               "tokens_per_second": 123.4, "val_nll": 3.0, "unigram_nll": 4.0})
+    timings = tmp_path / "timings"
+    write_json(tmp_path / "train_performance_rnn.json", {"parameters": 1000, "steps": 10, "stopped_by": "max_steps",
+               "val_nll": 3.0, "unigram_nll": 4.0})
+    write_json(timings / "train_performance_rnn.json", {"seconds_in_steps": 5.0, "tokens_per_second": 123.4})
     write_json(tmp_path / "quantize_performance_rnn.json", {"size_ratio": 0.255, "val_nll_fp32": 3.0,
-               "val_nll_int8": 3.03, "nll_delta_rel": 0.01, "tokens_per_second_fp32": 1000,
-               "tokens_per_second_int8": 2500})
+               "val_nll_int8": 3.03, "nll_delta_rel": 0.01})
+    write_json(timings / "quantize_performance_rnn.json", {"tokens_per_second_fp32": 1000,
+                                                           "tokens_per_second_int8": 2500})
     write_json(tmp_path / "generate_performance_rnn.json", {
-        "pieces": 2, "precision": "fp32",
-        "fp32": {"pieces": 2, "tokens_per_second": 500.0, "real_time_factor": 20.0},
-        "int8": {"pieces": 18, "tokens_per_second": 1500.0, "real_time_factor": 60.0, "eval_continuations": 16,
-                 "wall_seconds": 41.6}})
-    text = summary(tmp_path)
+        "pieces": 2, "precision": "fp32", "fp32": {"pieces": 2}, "int8": {"pieces": 18, "eval_continuations": 16}})
+    write_json(timings / "generate_performance_rnn.json", {
+        "fp32": {"tokens_per_second": 500.0, "real_time_factor": 20.0},
+        "int8": {"tokens_per_second": 1500.0, "real_time_factor": 60.0, "wall_seconds": 41.6}})
+    text = summary(tmp_path, timings)
     assert "generate performance_rnn fp32: 2 pieces, 500 events/s, 20.0x real time" in text
     assert "generate performance_rnn int8: 18 pieces (16 of held-out prompts), 1,500 events/s, 60.0x real time, " \
         "42 s in all" in text
-    assert "train performance_rnn: 1,000 parameters, 10 steps in 5 s" in text
+    assert "train performance_rnn: 1,000 parameters, 10 steps (stopped by max_steps), last run 5 s in steps" in text
     assert "(25.0% below)" in text
-    assert "size x0.255, val_nll 3.0000 -> 3.0300 (+1.00%), 1,000 -> 2,500 tokens/s" in text
+    assert "size x0.255, NLL on quantize's windows 3.0000 -> 3.0300 (+1.00%), 1,000 -> 2,500 tokens/s" in text
     assert "evaluate" not in text and "score" not in text
+    # Without timings (another machine's results, pulled from a remote) the results still print.
+    assert "generate performance_rnn int8: 18 pieces (16 of held-out prompts)\n" in summary(tmp_path) + "\n"
+    write_json(tmp_path / "train_performance_rnn.json", {"parameters": 1000, "steps": 7, "stopped_by": "max_seconds",
+               "val_nll": 3.0, "unigram_nll": 4.0})
+    assert "7 steps (stopped by THE TIME CAP train.max_seconds: cut short" in summary(tmp_path)
 
 
 def test_summary_prints_the_score_and_evaluate_figures(tmp_path):

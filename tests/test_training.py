@@ -154,7 +154,8 @@ def test_sigterm_saves_and_stops(tmp_path, data):
             os.kill(os.getpid(), signal.SIGTERM)
 
     result = run(tmp_path, data, on_step=send)
-    assert result == {"interrupted": True, "steps": 2, "stopped_by": "interrupted"}  # stopped before step 3, checkpoint saved
+    # stopped before step 3, checkpoint saved
+    assert result == {"interrupted": True, "steps": 2, "stopped_by": "interrupted"}
     assert checkpoint.load(tmp_path / "save/m.sess")["step"] == 2
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
     assert not (tmp_path / "metrics.json").exists()

@@ -1,8 +1,9 @@
 """A short readable summary of the pipeline's metrics (`amadeus report`, printed by `make repro`).
 
-`dvc metrics show` lists every key of every metrics file in one very wide table; this prints the few
-figures a person looks at first, one line per stage, family and precision; the evaluation's full
-tables are in output/metrics/evaluate.md.
+`dvc metrics show` lists the headline numbers (metrics/); this prints the figures a person looks at
+first from the full results (output/metrics/), one line per stage, family and precision, with the
+speeds of the last run on this machine (timings/, which neither DVC nor git tracks) where present;
+the evaluation's full tables are in output/metrics/evaluate.md.
 """
 
 from __future__ import annotations
@@ -26,37 +27,53 @@ def _stage_files(folder: Path, stage: str) -> list[tuple[str, Path]]:
     return [(path.stem.removeprefix(f"{stage}_"), path) for path in sorted(folder.glob(pattern))]
 
 
-def summary(metrics_dir: str | Path | None = None) -> str:
-    """The summary of the metrics files in `metrics_dir` (default: the pipeline's output/metrics)."""
+def summary(metrics_dir: str | Path | None = None, timings_dir: str | Path | None = None) -> str:
+    """The summary of the metrics files in `metrics_dir` (default: the pipeline's output/metrics) and the
+    timings in `timings_dir` (default: the pipeline's timings/ when metrics_dir is the default, else none)."""
     folder = Path(metrics_dir) if metrics_dir is not None else paths.metrics_dir()
+    if timings_dir is None and metrics_dir is None:
+        timings_dir = paths.timings_file("x").parent
+    timed = Path(timings_dir) if timings_dir is not None else None
+
+    def timing(stage: str, name: str) -> dict:
+        return _load(timed / paths.timings_file(stage, name).name) if timed is not None else {}
+
     lines = []
     for source, path in _stage_files(folder, "preprocess"):
-        m = _load(path)
+        m, t = _load(path), timing("preprocess", source)
+        speed = f", {t['notes_per_second']:,} notes/s" if "notes_per_second" in t else ""
         lines.append(f"preprocess {source}: {m.get('files_ok')}/{m.get('files_total')} "
-                     f"files, {m.get('notes', 0):,} notes, {m.get('events', 0):,} events, "
-                     f"{m.get('notes_per_second', 0):,} notes/s")
+                     f"files, {m.get('notes', 0):,} notes, {m.get('events', 0):,} events{speed}")
     for family, path in _stage_files(folder, "train"):
-        m = _load(path)
+        m, t = _load(path), timing("train", family)
         if m.get("unigram_nll"):
             below = 100 * (1 - m["val_nll"] / m["unigram_nll"])
-            lines.append(f"train {family}: {m['parameters']:,} parameters, {m['steps']} steps "
-                         f"in {m['seconds']:.0f} s ({m['tokens_per_second']:,.0f} tokens/s), val_nll "
-                         f"{m['val_nll']:.3f} vs unigram {m['unigram_nll']:.3f} ({below:.1f}% below)")
+            stopped = m.get("stopped_by", "?")
+            if stopped == "max_seconds":
+                stopped = "THE TIME CAP train.max_seconds: cut short, the result depends on the machine's speed"
+            speed = (f", last run {t['seconds_in_steps']:.0f} s in steps ({t['tokens_per_second']:,.0f} tokens/s)"
+                     if "tokens_per_second" in t else "")
+            lines.append(f"train {family}: {m['parameters']:,} parameters, {m['steps']} steps (stopped by "
+                         f"{stopped}){speed}, val_nll {m['val_nll']:.3f} vs unigram {m['unigram_nll']:.3f} "
+                         f"({below:.1f}% below)")
     for family, path in _stage_files(folder, "quantize"):
-        m = _load(path)
+        m, t = _load(path), timing("quantize", family)
         if m:
-            lines.append(f"quantize {family}: size x{m['size_ratio']}, val_nll "
-                         f"{m['val_nll_fp32']:.4f} -> {m['val_nll_int8']:.4f} ({100 * m['nll_delta_rel']:+.2f}%), "
-                         f"{m['tokens_per_second_fp32']:,.0f} -> {m['tokens_per_second_int8']:,.0f} "
-                         "tokens/s at batch 1")
+            speed = (f", {t['tokens_per_second_fp32']:,.0f} -> {t['tokens_per_second_int8']:,.0f} tokens/s at "
+                     "batch 1" if "tokens_per_second_int8" in t else "")
+            lines.append(f"quantize {family}: size x{m['size_ratio']}, NLL on quantize's windows "
+                         f"{m['val_nll_fp32']:.4f} -> {m['val_nll_int8']:.4f} ({100 * m['nll_delta_rel']:+.2f}%)"
+                         + speed)
     for family, path in _stage_files(folder, "generate"):
-        m = _load(path)
+        m, t = _load(path), timing("generate", family)
         for precision, p in m.items():
             if isinstance(p, dict):  # one entry per precision generated, beside the first one's figures
                 evals = f" ({p['eval_continuations']} of held-out prompts)" if p.get("eval_continuations") else ""
-                wall = f", {p['wall_seconds']:.0f} s in all" if "wall_seconds" in p else ""
-                lines.append(f"generate {family} {precision}: {p['pieces']} pieces{evals}, "
-                             f"{p['tokens_per_second']:,.0f} events/s, {p['real_time_factor']:.1f}x real time{wall}")
+                s = t.get(precision) or {}
+                speed = (f", {s['tokens_per_second']:,.0f} events/s, {s['real_time_factor']:.1f}x real time"
+                         if "tokens_per_second" in s else "")
+                wall = f", {s['wall_seconds']:.0f} s in all" if "wall_seconds" in s else ""
+                lines.append(f"generate {family} {precision}: {p['pieces']} pieces{evals}{speed}{wall}")
     for family, path in _stage_files(folder, "score"):
         for precision, p in _load(path).items():
             if isinstance(p, dict) and precision != "settings":

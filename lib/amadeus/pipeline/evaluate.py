@@ -270,12 +270,35 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The musical summary per model and precision in `dvc metrics show`: the generated continuations' means,
+# then the real continuations' (the target), and the MGEval mean overlap with them.
+HEADLINE_MEASURES = ("notes_per_second", "polyphony", "in_key", "long_notes")
+
+
+def headline(report: dict) -> dict:
+    """A few numbers per model: `<family>.<precision>.<measure>` means (intervals: evaluate.md)."""
+    out: dict = {}
+    real = None
+    for family, by_precision in report.get("models", {}).items():
+        for precision, entry in by_precision.items():
+            if "generated" not in entry:
+                continue
+            row = {m: (entry["generated"].get(m) or {}).get("mean") for m in HEADLINE_MEASURES}
+            row["mgeval_overlap"] = (entry.get("mgeval") or {}).get("mean_overlap")
+            out.setdefault(family, {})[precision] = row
+            real = real or {m: (entry.get("real", {}).get(m) or {}).get("mean") for m in HEADLINE_MEASURES}
+    if real:
+        out["real"] = real
+    return out
+
+
 def run(params: dict, root: Path) -> dict:
     """The whole evaluate stage: the report, written as JSON and as markdown (also printed); returns the report."""
     start = time.perf_counter()
     report = build_report(params, root)
     text = markdown(report)
     write_json(paths.metrics_file("evaluate", root=root), report)
+    write_json(paths.headline_file("evaluate", root=root), headline(report))
     with atomic_open(paths.metrics_file("evaluate", root=root, suffix=".md"), "w") as f:
         f.write(text)
     print(text)

@@ -168,7 +168,7 @@ class _Writer:
                                   title=f"{self.family} {self.loaded.precision}: {source}")
         return {"name": name, "source": source, "seed": seed, "prompt_tokens": int(len(result["prompt_ids"])),
                 "prompt_seconds": result["boundary_seconds"], "tokens": result["tokens"],
-                "seconds_of_music": result["seconds"], "compute_seconds": result["compute_seconds"],
+                "seconds_of_music": result["seconds"],
                 "notes": sum(len(inst.notes) for inst in result["continuation"].instruments), "files": files}
 
 
@@ -209,7 +209,7 @@ def write_pieces(loaded: Loaded, held: HeldOut, inputs: list[Prompt], out_dir: P
         _save_ids(eval_dir / f"{file}.npy", result["ids"])
         continuations.append({"name": prompt.name, "file": f"{file}.npy", "piece": prompt.piece,
                               "offset_seconds": prompt.offset_seconds, "seed": seed, "events": result["tokens"],
-                              "seconds": result["seconds"], "compute_seconds": result["compute_seconds"]})
+                              "seconds": result["seconds"]})
         if j in showcase:
             pieces.append(writer.piece(f"eval_{file}", f"{prompt.name} (held-out prompt)", result, True, seed))
 
@@ -230,13 +230,18 @@ def write_pieces(loaded: Loaded, held: HeldOut, inputs: list[Prompt], out_dir: P
 
 
 def summarize(records: list[dict]) -> dict[str, float | int]:
-    """The contract metric keys over a list of generations (compute = model time only, not rendering)."""
+    """The contract metric keys over a list of generations: what was generated (functions of the
+    checkpoints and params, for output/metrics/) ..."""
+    return {"pieces": len(records), "tokens": sum(p["tokens"] for p in records),
+            "seconds_of_music": round(sum(p["seconds_of_music"] for p in records), 2)}
+
+
+def time_summary(records: list[dict]) -> dict[str, float]:
+    """... and how fast this machine made it (model time only, not rendering), for timings/."""
     tokens = sum(p["tokens"] for p in records)
     compute = sum(p["compute_seconds"] for p in records)
     music = sum(p["seconds_of_music"] for p in records)
-    return {"pieces": len(records), "tokens": tokens, "seconds": round(compute, 3),
-            "tokens_per_second": round(tokens / compute, 1) if compute else 0.0,
-            "seconds_of_music": round(music, 2),
+    return {"seconds": round(compute, 3), "tokens_per_second": round(tokens / compute, 1) if compute else 0.0,
             "real_time_factor": round(music / compute, 2) if compute else 0.0}
 
 
@@ -256,6 +261,7 @@ def run(params: dict, root: Path, family: str, *, quiet: bool = False) -> dict:
     datasets = list(params.get("datasets") or []) if config.eval_prompts else []
     held = held_out(root, datasets, config)
     metrics: dict[str, Any] = {}
+    timings: dict[str, Any] = {}
     for precision in config.precisions:
         path = paths.existing_checkpoint(family, precision, root, "generate")
         start = time.perf_counter()
@@ -266,14 +272,16 @@ def run(params: dict, root: Path, family: str, *, quiet: bool = False) -> dict:
         evals = eval_index["continuations"]
         metrics[precision] = {**summarize(records), "eval_continuations": len(evals),
                               "eval_seconds_of_music": round(sum(e["seconds"] for e in evals), 2),
-                              "skipped": len(skipped), "wall_seconds": round(time.perf_counter() - start, 1)}
-        m = metrics[precision]
+                              "skipped": len(skipped)}
+        timings[precision] = {**time_summary(records), "wall_seconds": round(time.perf_counter() - start, 1)}
+        m, t = metrics[precision], timings[precision]
         print(f"generate {family} {precision}: {m['pieces']} pieces ({m['eval_continuations']} eval "
               f"continuations), {m['tokens']:,} events, {m['seconds_of_music']:.0f} s of music in "
-              f"{m['seconds']:.1f} s: {m['tokens_per_second']:,.0f} events/s, {m['real_time_factor']:.1f}x "
-              f"real time ({m['wall_seconds']:.0f} s with writing and rendering)")
+              f"{t['seconds']:.1f} s: {t['tokens_per_second']:,.0f} events/s, {t['real_time_factor']:.1f}x "
+              f"real time ({t['wall_seconds']:.0f} s with writing and rendering)")
     # The contract keys at the top level describe the first precision listed (fp32 by default).
     first = config.precisions[0] if config.precisions else None
     result = {**(metrics[first] if first else summarize([])), "precision": first, **metrics}
     write_json(paths.metrics_file("generate", family, root), result)
+    write_json(paths.timings_file("generate", family, root), timings)
     return result

@@ -178,4 +178,13 @@ def run(params: dict, root: Path, family: str) -> dict:
         result[f"{split}_nll"] = (first.get(split) or {}).get("nll")
     result["settings"] = as_dict(config)
     write_json(paths.metrics_file("score", family, root), result)
+    write_json(paths.headline_file("score", family, root), headline(result, config))
     return result
+
+
+def headline(result: dict, config: ScoreConfig) -> dict:
+    """`dvc metrics show`'s line for score@<family>: the windowed NLL of each precision on the held-out
+    split (test when scored), named for it; the rest (per class, other splits) stays in output/metrics/."""
+    split = "test" if "test" in config.splits else (config.splits[0] if config.splits else None)
+    return {f"{split}_nll_{p}": ((result.get(p) or {}).get(split) or {}).get("nll")
+            for p in config.precisions if split}
