@@ -1,9 +1,11 @@
 """Preprocess: a folder of MIDI files -> `.data` event files + manifest + metrics.
 
-Files are encoded in parallel worker processes. A broken file is skipped with a one-line reason,
-listed in the manifest and counted; the stage fails only when no file is usable. The output folder
-is built beside the old one and swapped in when complete (two renames instead of one per file), so
-an interrupted run never leaves a mix of old and new files.
+Files are encoded in parallel worker processes. A broken file (codec.MidiError) is skipped with one
+line `skipped <file>: <reason>`, listed in the manifest and counted by kind; the stage fails only when
+no file is usable. The output folder is built in a staging folder beside the old one and swapped in
+when complete (two renames instead of one per file), so an interrupted run never leaves a mix of old
+and new files; the staging folder is removed when the run fails, and one left by a killed run is
+removed when the next run starts.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +52,7 @@ def _encode_one(job: _Job) -> dict:
     try:
         piece = codec.encode_path(job.src, flavour=job.flavour, max_piece_seconds=job.max_piece_seconds)
     except codec.MidiError as e:
-        return {"source": job.rel, "reason": e.reason}
+        return {"source": job.rel, "reason": e.reason, "kind": e.kind}
     data.save_events(job.dst, piece.ids, atomic=False)  # the whole folder is swapped in atomically
     return {"source": job.rel, "file": job.dst.name, "sha256": data.sha256_file(job.src),
             "events": int(len(piece.ids)), "notes": int(piece.notes), "seconds": round(float(piece.seconds), 3)}
@@ -59,6 +62,7 @@ def preprocess(midi_dir: str | os.PathLike, out_dir: str | os.PathLike, config: 
                codec_config: codec.CodecConfig) -> dict:
     """Encode every MIDI file under `midi_dir` into `out_dir`; returns the metrics dict."""
     midi_dir, out_dir = Path(midi_dir), Path(out_dir)
+    _remove_leftovers(out_dir)   # a killed run's staging or old folder
     if not midi_dir.is_dir():
         raise UserError(f"{midi_dir}: no such folder; run the download stage first")
     rels = data.midi_files(midi_dir)
@@ -66,8 +70,25 @@ def preprocess(midi_dir: str | os.PathLike, out_dir: str | os.PathLike, config: 
         raise UserError(f"{midi_dir}: no MIDI files (*.mid, *.midi) found")
     started = time.perf_counter()
     staging = out_dir.parent / f".{out_dir.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    try:
+        metrics = _build(midi_dir, rels, staging, config, codec_config)
+        _swap_in(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)   # gone on success (renamed); removed on any failure
+    metrics["seconds"] = round(time.perf_counter() - started, 4)
+    metrics["notes_per_second"] = round(metrics["notes"] / metrics["seconds"])
+    return metrics
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    for name in (f".{out_dir.name}.staging", f".{out_dir.name}.old"):
+        shutil.rmtree(out_dir.parent / name, ignore_errors=True)
+
+
+def _build(midi_dir: Path, rels: list[str], staging: Path, config: PreprocessConfig,
+           codec_config: codec.CodecConfig) -> dict:
+    """Encode into `staging` and write its manifest; returns the metrics (without the timing)."""
     jobs = [_Job(midi_dir / rel, rel, staging / data.data_name(rel), codec_config.flavour,
                  codec_config.max_piece_seconds) for rel in rels]
     results = _run(jobs, config.workers)
@@ -77,7 +98,6 @@ def preprocess(midi_dir: str | os.PathLike, out_dir: str | os.PathLike, config: 
     for s in skipped:
         print(f"skipped {s['source']}: {s['reason']}")
     if not pieces:
-        shutil.rmtree(staging)
         raise UserError(f"{midi_dir}: none of the {len(rels)} MIDI files is usable (see the reasons above)")
 
     official = data.read_split_file(midi_dir)
@@ -104,13 +124,10 @@ def preprocess(midi_dir: str | os.PathLike, out_dir: str | os.PathLike, config: 
         "skipped": skipped,
     }
     write_json(staging / data.MANIFEST, manifest)
-    _swap_in(staging, out_dir)
-    seconds = time.perf_counter() - started
-    notes = sum(p["notes"] for p in pieces)
     return {
         "files_total": len(rels), "files_ok": len(pieces), "files_skipped": len(skipped),
-        "notes": notes, "events": sum(p["events"] for p in pieces),
-        "seconds": round(seconds, 4), "notes_per_second": round(notes / seconds),
+        "skipped_by_kind": dict(sorted(Counter(s["kind"] for s in skipped).items())),
+        "notes": sum(p["notes"] for p in pieces), "events": sum(p["events"] for p in pieces),
         "music_seconds": round(sum(p["seconds"] for p in pieces), 1), "splits": manifest["splits"],
     }
 
@@ -120,7 +137,12 @@ def _swap_in(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         target.rename(old)
-    new.rename(target)
+    try:
+        new.rename(target)
+    except OSError:
+        if old.exists():
+            old.rename(target)   # keep the previous output rather than none
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
