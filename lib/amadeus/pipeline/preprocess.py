@@ -32,5 +32,6 @@ def run(params: dict, root: Path, source: str) -> dict:
     write_json(paths.timings_file("preprocess", source, root), timings)
     print(f"preprocess {source}: {metrics['files_ok']}/{metrics['files_total']} files, "
           f"{metrics['notes']:,} notes, {metrics['events']:,} events, {metrics['music_seconds'] / 60:.1f} min "
-          f"of music, {timings['notes_per_second']:,} notes/s, splits {metrics['splits']}")
+          f"of music, {timings['notes_per_second']:,} notes/s, splits {metrics['splits']}"
+          + (f", skipped {metrics['skipped_by_kind']}" if metrics["files_skipped"] else ""))
     return {**metrics, **timings}
