@@ -107,7 +107,7 @@ def test_bad_inputs_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="MIDI file not found"):
         render.render_wav(tmp_path / "missing.mid", tmp_path / "x.wav")
     (tmp_path / "junk.mid").write_bytes(b"not midi at all")
-    with pytest.raises(UserError, match="not a readable MIDI file"):
+    with pytest.raises(UserError, match="junk.mid: not a MIDI file"):
         render.render_wav(tmp_path / "junk.mid", tmp_path / "x.wav")
     assert not (tmp_path / "x.wav").exists()
 

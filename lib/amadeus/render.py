@@ -79,10 +79,9 @@ def _load_midi(midi: MidiLike) -> pretty_midi.PrettyMIDI:
     path = Path(midi)
     if not path.exists():
         raise UserError(f"{path}: MIDI file not found")
-    try:
-        return pretty_midi.PrettyMIDI(str(path))
-    except Exception as e:  # mido/pretty_midi raise many kinds of errors on corrupt files
-        raise UserError(f"{path}: not a readable MIDI file ({type(e).__name__}: {e})") from None
+    from amadeus import codec
+
+    return codec.read_midi(path)   # a bad file: codec.MidiError, one line naming it
 
 
 def _events(midi: pretty_midi.PrettyMIDI) -> list[tuple[float, int, int, int, int, int]]:

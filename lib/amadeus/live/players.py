@@ -26,15 +26,12 @@ if TYPE_CHECKING:
 
 def midi_file_messages(path: str | Path) -> list[tuple[float, mido.Message]]:
     """(seconds from the first message, message) for the notes and sustain pedal of a MIDI file."""
-    import pretty_midi
+    from amadeus import codec
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: --input-file not found")
-    try:
-        pm = pretty_midi.PrettyMIDI(str(path))
-    except Exception as e:  # mido/pretty_midi raise many kinds of errors on corrupt files
-        raise UserError(f"{path}: not a readable MIDI file ({type(e).__name__}: {e})") from None
+    pm = codec.read_midi(path)   # a bad file: codec.MidiError, one line naming it
     messages = phrase_messages(pm)
     if not messages:
         raise UserError(f"{path}: no notes to play into the session")
