@@ -30,6 +30,7 @@ import numpy as np
 import pretty_midi
 import torch
 
+from amadeus import prompt_passthrough
 from amadeus.codec import CodecConfig
 from amadeus.continuation_checks import continuation_warnings, event_cap
 from amadeus.errors import UserError
@@ -113,14 +114,16 @@ def continue_midi(model_or_checkpoint: torch.nn.Module | str | os.PathLike | Loa
                   device: str = "cpu", render_wav: bool = False, soundfont: str | os.PathLike | None = None,
                   sample_rate: int = 44100, return_full: bool = False,
                   prompt_ids: np.ndarray | None = None, max_note_seconds: float = 5.0,
-                  rules: PlayingRules | None = DEFAULT_RULES) -> dict[str, Any]:
+                  rules: PlayingRules | None = DEFAULT_RULES,
+                  prompt_midi: MidiLike | None = None) -> dict[str, Any]:
     """Continue a MIDI performance (or start one when `prompt` is None) and return it as PrettyMIDI.
 
     Length: stop once `seconds` of new music exist (if given), and after at most `max_new_tokens`
     events; left out, that is 1000, or with `seconds` a safety bound that the densest real piano
     would not reach (`continuation_checks.event_cap`), so the seconds asked for are what you get.
     `prompt_seconds` keeps only the first that many seconds of the prompt; `prompt_ids` gives the
-    prompt as event ids instead of MIDI (already in the model's flavour). Sampling arguments mean
+    prompt as event ids instead of MIDI (already in the model's flavour), and `prompt_midi` then the
+    MIDI they came from, for `full`. Sampling arguments mean
     what they mean in Hugging Face (see `amadeus.sampling.generate`), but sampling is on by default
     here because greedy decoding of music falls into loops. `rules`: the musician's rules (module
     docstring); `max_note_seconds`: the decoder's note cap (codec), which the sampler also keeps.
@@ -130,8 +133,13 @@ def continue_midi(model_or_checkpoint: torch.nn.Module | str | os.PathLike | Loa
     `tokens`, `compute_seconds`, `warnings` (one line per problem: loops, silence, stopping short),
     `key` (the key the rules imposed, e.g. the estimate for key "auto"; None without one),
     `discarded` (events of the continuation the decoder does not take as written, by kind, from
-    amadeus.music_stats); `full` (prompt then continuation) when `return_full`; `wav` (bytes of a
-    16-bit 44.1 kHz WAV, of `full` when `return_full`, else of the continuation) when `render_wav`.
+    amadeus.music_stats); `full` (prompt then continuation, PrettyMIDI) when `return_full`, and
+    `full_midi` (the same as a mido.MidiFile, to save as it is); `wav` (bytes of a 16-bit 44.1 kHz
+    WAV, of `full` when `return_full`, else of the continuation) when `render_wav`.
+
+    A prompt given as MIDI comes back in `full` as it was played (amadeus.prompt_passthrough: its
+    own velocities, pedal messages, tempo and time signature), the continuation after it; a prompt
+    given only as ids is decoded with the continuation as one event stream.
     """
     from amadeus.music_stats import discarded_events
     from amadeus.performance_state import prompt_key
@@ -141,6 +149,7 @@ def continue_midi(model_or_checkpoint: torch.nn.Module | str | os.PathLike | Loa
         raise UserError("continue_midi: give the prompt as MIDI or as prompt_ids, not both")
     if prompt is not None:
         prompt_ids = encode_midi(prompt, loaded.flavour)
+        prompt_midi = prompt
     prompt_ids = np.zeros(0, dtype=np.int64) if prompt_ids is None else np.asarray(prompt_ids, dtype=np.int64)
     if prompt_seconds is not None:
         prompt_ids = cut_seconds(prompt_ids, prompt_seconds)
@@ -181,11 +190,30 @@ def continue_midi(model_or_checkpoint: torch.nn.Module | str | os.PathLike | Loa
                                       count_from=len(prompt_ids)),
     }
     if return_full:
-        result["full"] = decode_ids(np.concatenate([prompt_ids, new]), loaded.flavour, max_note_seconds)
+        decoded = decode_ids(np.concatenate([prompt_ids, new]), loaded.flavour, max_note_seconds)
+        if prompt_midi is None:
+            result["full"] = decoded
+            result["full_midi"] = None
+        else:
+            result["full_midi"] = _passthrough(prompt_midi, result["continuation"], decoded,
+                                               result["boundary_seconds"], prompt_seconds)
+            result["full"] = prompt_passthrough.to_pretty_midi(result["full_midi"])
     if render_wav:
         result["wav"] = wav_bytes(result["full"] if return_full else result["continuation"], soundfont,
                                   sample_rate)
     return result
+
+
+def _passthrough(prompt: MidiLike, continuation: pretty_midi.PrettyMIDI, decoded: pretty_midi.PrettyMIDI,
+                 boundary: float, prompt_seconds: float | None) -> Any:
+    """The prompt's own messages then the continuation (a mido.MidiFile); keys held across a
+    --prompt-seconds cut end where the jointly decoded stream ends them."""
+    original = prompt_passthrough.read_prompt(prompt)
+    cut = prompt_seconds if prompt_seconds is not None and \
+        prompt_passthrough.last_sound_seconds(original) > prompt_seconds else None
+    held = {n.pitch: n.end for inst in decoded.instruments for n in inst.notes
+            if n.start < boundary <= n.end} if cut is not None else None
+    return prompt_passthrough.join(original, continuation, boundary, cut_seconds=cut, held_ends=held)
 
 
 def wav_bytes(midi: pretty_midi.PrettyMIDI, soundfont: str | os.PathLike | None = None,
