@@ -50,9 +50,31 @@ def test_wav_is_audible_timed_and_as_long_as_the_midi(tmp_path):
     # Audible while notes sound, silent before the first note (timing is sample-accurate).
     assert rms(audio[int(1.0 * SR):int(2.5 * SR)]) > 0.05
     assert np.abs(audio[:int(0.99 * SR)]).max() < 1e-3
-    # Normalised to -1 dBFS: loud enough, never clipped.
+    # One fixed gain: audible, under the -1 dBFS headroom limit; --normalize puts the peak at -1 dBFS.
     peak = np.abs(audio).max()
-    assert 0.85 < peak < 0.9
+    assert 0.05 < peak <= 10 ** (render.PEAK_DBFS / 20) + 1e-4
+    _, normalised = read_wav(render.wav_bytes(midi, normalize=True))
+    assert np.abs(normalised).max() == pytest.approx(10 ** (render.PEAK_DBFS / 20), abs=1e-3)
+
+
+def chords(velocity: int, voices: int = 6):
+    pitches = (48, 55, 60, 64, 67, 72, 76, 79, 84, 88)[:voices]
+    return make_midi([(p, velocity, t * 0.5, t * 0.5 + 1.0) for t in range(6) for p in pitches])
+
+
+def db(x):
+    return 20 * np.log10(rms(x))
+
+
+def test_a_quiet_take_renders_quieter_than_a_loud_one_and_neither_clips():
+    _, quiet = read_wav(render.wav_bytes(chords(20)))
+    _, loud = read_wav(render.wav_bytes(chords(110)))
+    limit = 10 ** (render.PEAK_DBFS / 20) + 1e-4
+    assert np.abs(quiet).max() <= limit and np.abs(loud).max() <= limit
+    assert db(loud) - db(quiet) > 15  # per-file normalisation would make them equally loud
+    # A dense fortissimo that would pass the limit at the fixed gain is turned down to it, not clipped.
+    _, dense = read_wav(render.wav_bytes(chords(127, voices=10)))
+    assert np.abs(dense).max() <= limit
 
 
 def test_louder_velocity_gives_louder_audio_within_one_file():

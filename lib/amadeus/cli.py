@@ -34,7 +34,7 @@ def _generate(args: argparse.Namespace) -> None:
 def _render(args: argparse.Namespace) -> None:
     from amadeus.render import render_cli
 
-    render_cli(args.midi, args.wav, soundfont=args.soundfont)
+    render_cli(args.midi, args.wav, soundfont=args.soundfont, normalize=args.normalize)
 
 
 def _import_perceiver_io(args: argparse.Namespace) -> None:
@@ -68,7 +68,14 @@ def _preprocess(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("amadeus")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        release = "unknown"
     parser = argparse.ArgumentParser(prog="amadeus", description="Expressive piano performance generation.")
+    parser.add_argument("--version", action="version", version=f"amadeus {release}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="describe a .sess checkpoint (family, config, step, parameters, params)")
@@ -85,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("midi")
     p.add_argument("wav")
     p.add_argument("--soundfont", default=None, help="an .sf2 file (default: pretty_midi's TimGM6mb.sf2)")
+    p.add_argument("--normalize", action="store_true",
+                   help="scale this file's peak to -1 dBFS (default: one fixed gain for every file, lowered "
+                        "only to stay under -1 dBFS, so quiet playing stays quiet)")
     p.set_defaults(run=_render)
 
     p = sub.add_parser("report", help="a short summary of the pipeline's metrics (output/metrics)")
@@ -108,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--flavour", default="magenta", choices=("magenta", "perceiver-io"))
     p.set_defaults(run=_preprocess)
+    for command in sub.choices.values():  # `amadeus generate --version` works as well
+        command.add_argument("--version", action="version", version=f"amadeus {release}")
     return parser
 
 

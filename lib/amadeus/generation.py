@@ -243,14 +243,24 @@ def generate_cli(args: Any) -> dict[str, Any]:
 
         ensure_fluidsynth()
     rules = rules_from_args(args)
+    seed = args.seed
+    if seed is None and not args.greedy:  # a take one likes can be made again
+        seed = int.from_bytes(os.urandom(4), "little") % 1_000_000
+        print(f"seed {seed} (pass --seed {seed} to make this take again)")
     result = continue_midi(args.checkpoint, args.prompt, max_new_tokens=args.length, seconds=args.seconds,
                            do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
-                           top_p=args.top_p, num_beams=args.num_beams, seed=args.seed,
+                           top_p=args.top_p, num_beams=args.num_beams, seed=seed,
                            prompt_seconds=args.prompt_seconds, model_kwargs=model_kwargs, device=args.device,
                            return_full=True, rules=rules)
     written = [_write_midi(result["continuation"], args.out, atomic_open)]
     if args.full:
-        written.append(_write_midi(result["full"], args.full, atomic_open))
+        if result["full_midi"] is not None:  # the prompt's own messages, saved as they are
+            from amadeus.fileio import write_bytes
+
+            write_bytes(args.full, prompt_passthrough.midi_bytes(result["full_midi"]))
+            written.append(str(args.full))
+        else:
+            written.append(_write_midi(result["full"], args.full, atomic_open))
     if args.wav:
         from amadeus.render import render_wav
 

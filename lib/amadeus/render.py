@@ -3,9 +3,11 @@
 WAV: every instrument of the MIDI plays at once on its own FluidSynth channel (pretty_midi's own
 `PrettyMIDI.fluidsynth` renders instruments one after another, mono, peak-normalised to 0 dBFS). We
 render stereo float samples (`fluid_synth_write_float`, so nothing clips inside the synth), let the
-last notes ring for `tail_seconds`, then scale the peak to -1 dBFS and write 16-bit PCM with the
-stdlib `wave` module. The audio therefore lasts `midi.get_end_time() + tail_seconds` exactly (to the
-sample), which the tests check.
+last notes ring for `tail_seconds`, then apply one fixed gain (`GAIN`, the same for every file, so
+a quiet take stays quieter than a loud one), lowered only when a file would pass the -1 dBFS
+headroom limit, and write 16-bit PCM with the stdlib `wave` module. `normalize=True` (`amadeus
+render --normalize`) scales each file's peak to -1 dBFS instead. The audio therefore lasts
+`midi.get_end_time() + tail_seconds` exactly (to the sample), which the tests check.
 
 Soundfont: pretty_midi's bundled TimGM6mb.sf2 (GPL-2, 6 MB; docs/rendering.md#soundfonts) unless one is given.
 The system library libfluidsynth is needed (Debian/Ubuntu: `libfluidsynth3`); without it
@@ -32,7 +34,10 @@ from amadeus.params import knob
 
 SAMPLE_RATE = 44100
 TAIL_SECONDS = 1.0  # release of the last notes (piano samples decay within about a second)
-PEAK_DBFS = -1.0  # headroom below full scale after normalisation
+PEAK_DBFS = -1.0  # headroom limit: no sample above this, and the peak when normalising
+# Fixed gain on fluidsynth's float output (synth gain 0.2): six-note TimGM6mb piano chords at
+# velocity 127 peak near 0.097 there (measured), so x8 puts loud playing near -2 dBFS, quiet stays quiet.
+GAIN = 8.0
 INSTALL_HINT = ("fluidsynth library not found: install it with `sudo apt-get install libfluidsynth3` "
                 "(Debian/Ubuntu) or `make setup`")
 
@@ -103,8 +108,10 @@ def _events(midi: pretty_midi.PrettyMIDI) -> list[tuple[float, int, int, int, in
 
 
 def synthesize(midi: MidiLike, soundfont: str | os.PathLike | None = None,
-               sample_rate: int = SAMPLE_RATE, tail_seconds: float = TAIL_SECONDS) -> np.ndarray:
-    """Stereo float32 audio [samples, 2], peak at -1 dBFS (silence stays zeros), end time + tail long."""
+               sample_rate: int = SAMPLE_RATE, tail_seconds: float = TAIL_SECONDS,
+               normalize: bool = False) -> np.ndarray:
+    """Stereo float32 audio [samples, 2], end time + tail long: a fixed gain within -1 dBFS (or, with
+    `normalize`, the peak at -1 dBFS); silence stays zeros."""
     midi = _load_midi(midi)
     fluidsynth = ensure_fluidsynth()
     sf_path = Path(soundfont) if soundfont is not None else default_soundfont()
@@ -159,8 +166,9 @@ def synthesize(midi: MidiLike, soundfont: str | os.PathLike | None = None,
         synth.delete()
 
     peak = float(np.abs(audio).max()) if audio.size else 0.0
+    limit = 10 ** (PEAK_DBFS / 20)
     if peak > 0:
-        audio *= np.float32(10 ** (PEAK_DBFS / 20) / peak)
+        audio *= np.float32(limit / peak if normalize else min(GAIN, limit / peak))
     return audio
 
 
@@ -179,23 +187,26 @@ def _wav_from_audio(audio: np.ndarray, sample_rate: int) -> bytes:
 
 
 def wav_bytes(midi: MidiLike, soundfont: str | os.PathLike | None = None,
-              sample_rate: int = SAMPLE_RATE, tail_seconds: float = TAIL_SECONDS) -> bytes:
+              sample_rate: int = SAMPLE_RATE, tail_seconds: float = TAIL_SECONDS,
+              normalize: bool = False) -> bytes:
     """The rendered performance as the bytes of a 16-bit stereo PCM WAV file."""
-    return _wav_from_audio(synthesize(midi, soundfont, sample_rate, tail_seconds), sample_rate)
+    return _wav_from_audio(synthesize(midi, soundfont, sample_rate, tail_seconds, normalize), sample_rate)
 
 
 def render_wav(midi: MidiLike, out_path: str | os.PathLike, soundfont: str | os.PathLike | None = None,
-               sample_rate: int = SAMPLE_RATE, tail_seconds: float = TAIL_SECONDS) -> float:
+               sample_rate: int = SAMPLE_RATE, tail_seconds: float = TAIL_SECONDS,
+               normalize: bool = False) -> float:
     """Render `midi` to a WAV file (atomically); returns the seconds of audio written."""
-    audio = synthesize(midi, soundfont, sample_rate, tail_seconds)
+    audio = synthesize(midi, soundfont, sample_rate, tail_seconds, normalize)
     write_bytes(out_path, _wav_from_audio(audio, sample_rate))
     return audio.shape[0] / sample_rate
 
 
 def render_cli(in_mid: str | os.PathLike, out_wav: str | os.PathLike,
-               soundfont: str | os.PathLike | None = None, sample_rate: int = SAMPLE_RATE) -> float:
+               soundfont: str | os.PathLike | None = None, sample_rate: int = SAMPLE_RATE,
+               normalize: bool = False) -> float:
     """`amadeus render in.mid out.wav`: render and print what was written; returns the seconds."""
-    seconds = render_wav(in_mid, out_wav, soundfont=soundfont, sample_rate=sample_rate)
+    seconds = render_wav(in_mid, out_wav, soundfont=soundfont, sample_rate=sample_rate, normalize=normalize)
     print(f"wrote {out_wav}: {seconds:.2f} s, {sample_rate} Hz, 16-bit stereo")
     return seconds
 
