@@ -63,8 +63,8 @@ class CodecConfig:
 MIDI_ERROR_KINDS = ("unreadable", "empty", "too-large", "not-midi", "truncated", "bad-header", "bad-division",
                     "bad-tempo", "bad-timing", "corrupt", "too-many-events", "no-notes", "too-long")
 
-# Bounds on what one file may cost (docs/midi-parsing.md#limits), far above real piano music: a
-# concert-length MAESTRO performance has tens of thousands of notes in well under 1 MB.
+# Bounds on what one file may cost (docs/midi-parsing.md#limits), far above real piano music (a note
+# costs about 6 bytes of file with running status, so 16 MiB can hold 2.8 M notes).
 MAX_FILE_BYTES = 16 << 20          # read no more; symusic holds ~2.5x the file while parsing
 MAX_EVENTS = 1_000_000             # notes + controller changes + pitch bends + tempos; ~300 MB to encode
 MAX_PRETTY_MIDI_NOTES = 200_000    # pretty_midi (pure Python) takes ~20 us and ~1 kB per note
