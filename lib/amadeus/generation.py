@@ -131,7 +131,8 @@ def continue_midi(model_or_checkpoint: torch.nn.Module | str | os.PathLike | Loa
     Returns a dict: `continuation` (PrettyMIDI from 0 s), `ids` (new event ids), `prompt_ids`,
     `boundary_seconds` (where the continuation starts in `full`), `seconds` (of new music),
     `tokens`, `compute_seconds`, `warnings` (one line per problem: loops, silence, stopping short),
-    `key` (the key the rules imposed, e.g. the estimate for key "auto"; None without one),
+    `family` and `precision` of the model, `key` (the key the rules imposed, e.g. the estimate for
+    key "auto"; None without one),
     `discarded` (events of the continuation the decoder does not take as written, by kind, from
     amadeus.music_stats); `full` (prompt then continuation, PrettyMIDI) when `return_full`, and
     `full_midi` (the same as a mido.MidiFile, to save as it is); `wav` (bytes of a 16-bit 44.1 kHz
@@ -186,6 +187,8 @@ def continue_midi(model_or_checkpoint: torch.nn.Module | str | os.PathLike | Loa
         "compute_seconds": compute,
         "warnings": warnings,
         "key": None if key is None else key.name,
+        "family": loaded.family,
+        "precision": loaded.precision,
         "discarded": discarded_events(np.concatenate([prompt_ids, new]), max_note_seconds,
                                       count_from=len(prompt_ids)),
     }
@@ -233,7 +236,9 @@ def generate_cli(args: Any) -> dict[str, Any]:
     prompt followed by the continuation, with the boundary marked on the piano roll.
     """
     from amadeus.fileio import atomic_open
+    from amadeus.generation_args import check_generate_args
 
+    check_generate_args(args)
     model_kwargs = {"num_latents": args.num_latents} if getattr(args, "num_latents", None) else None
     if getattr(args, "threads", 0):
         # Batch-1 decoding: more threads only add synchronisation (and collapse under load).
@@ -252,7 +257,7 @@ def generate_cli(args: Any) -> dict[str, Any]:
                            top_p=args.top_p, num_beams=args.num_beams, seed=seed,
                            prompt_seconds=args.prompt_seconds, model_kwargs=model_kwargs, device=args.device,
                            return_full=True, rules=rules)
-    written = [_write_midi(result["continuation"], args.out, atomic_open)]
+    written = [_write_midi(result["continuation"], args.out, atomic_open)] if args.out else []
     if args.full:
         if result["full_midi"] is not None:  # the prompt's own messages, saved as they are
             from amadeus.fileio import write_bytes
@@ -270,7 +275,10 @@ def generate_cli(args: Any) -> dict[str, Any]:
         from amadeus.render import piano_roll_png
 
         boundary = result["boundary_seconds"] if args.prompt else None
-        piano_roll_png(result["full"], args.png, boundary_seconds=boundary)
+        settings = "greedy" if args.greedy else f"temperature {args.temperature}, top-p {args.top_p}, " \
+            f"top-k {args.top_k}"
+        title = f"{result['family']} {result['precision']} ({Path(args.checkpoint).name}), seed {seed}, {settings}"
+        piano_roll_png(result["full"], args.png, boundary_seconds=boundary, title=title)
         written.append(str(args.png))
     rate = result["tokens"] / max(result["compute_seconds"], 1e-9)
     key = f" in {result['key']}" + (" (estimated from the prompt)" if rules.key == AUTO_KEY else "") \

@@ -29,21 +29,56 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                         "piano would not reach, 120 events per second plus one second)")
     p.add_argument("--seconds", type=_positive_float, default=None,
                    help="stop once this many seconds of new music exist (default: no limit but --length)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely events (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="above 1 bolder, below 1 safer; > 0 (default: 1.0, the pipeline's)")
+    p.add_argument("--top-k", type=int, default=0,
+                   help="sample among the k most likely events (0 = off) (default: 0)")
+    # the pipeline's generate.top_p (tests/test_cli_args.py keeps the two equal)
+    p.add_argument("--top-p", type=float, default=0.95,
+                   help="nucleus sampling mass in (0, 1], 1 = off (default: 0.95, the pipeline's)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely event (no sampling)")
     p.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = off)")
     p.add_argument("--num-latents", type=int, default=None, help="Perceiver AR: latent positions at the start")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None,
+                   help="makes a take again; left out, one is drawn and printed (default: drawn)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (batch-1 decoding is fastest on 1; 0 = all)")
-    p.add_argument("--out", required=True, help="MIDI file for the continuation")
+    p.add_argument("--out", default=None,
+                   help="MIDI file (.mid) for the continuation alone (needed unless --full, --wav or --png)")
     p.add_argument("--full", default=None, help="MIDI file for prompt + continuation")
     p.add_argument("--wav", default=None, help="WAV of prompt + continuation (needs libfluidsynth)")
     p.add_argument("--png", default=None, help="piano roll of prompt + continuation, boundary marked")
     p.add_argument("--soundfont", default=None, help="an .sf2 file (default: pretty_midi's TimGM6mb.sf2)")
     add_rule_arguments(p)
+
+
+SUFFIXES = {"out": (".mid", ".midi"), "full": (".mid", ".midi"), "wav": (".wav",), "png": (".png",)}
+
+
+def check_generate_args(args: argparse.Namespace) -> None:
+    """Refuse impossible values and mismatched file suffixes in one line naming the flag (UserError)."""
+    from amadeus.errors import UserError
+
+    if args.length is not None and args.length < 1:
+        raise UserError(f"--length: {args.length} is not allowed; give at least 1 event (or use --seconds)")
+    if args.temperature <= 0:
+        raise UserError(f"--temperature: {args.temperature} is not allowed; use a number > 0 "
+                        "(for no sampling at all, use --greedy)")
+    if args.top_k < 0:
+        raise UserError(f"--top-k: {args.top_k} is not allowed; use 0 (off) or more")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p: {args.top_p} is not allowed; use a number in (0, 1] (1 = off)")
+    if args.num_beams < 1:
+        raise UserError(f"--num-beams: {args.num_beams} is not allowed; use 1 (off) or more")
+    outputs = [flag for flag in SUFFIXES if getattr(args, flag, None)]
+    if not outputs:
+        raise UserError("nothing to write: give --out x.mid (or --full, --wav, --png)")
+    for flag in outputs:
+        path = str(getattr(args, flag))
+        if not path.lower().endswith(SUFFIXES[flag]):
+            raise UserError(f"--{flag}: {path} does not end in {' or '.join(SUFFIXES[flag])}; --{flag} writes "
+                            f"{'a WAV' if flag == 'wav' else 'a PNG' if flag == 'png' else 'MIDI'} "
+                            "(use --out x.mid, --full x.mid, --wav x.wav, --png x.png)")
 
 
 def add_rule_arguments(p: argparse.ArgumentParser) -> None:
