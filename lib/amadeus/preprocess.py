@@ -23,14 +23,14 @@ from pathlib import Path
 from amadeus import codec, data
 from amadeus.errors import UserError
 from amadeus.fileio import write_json
-from amadeus.params import knob
+from amadeus.params import knob, seed_knob
 
 
 @dataclass
 class PreprocessConfig:
     workers: int = knob(0, min=0, help="worker processes; 0 = auto (one per core, for enough data)")
     split: list[float] = knob([0.8, 0.1, 0.1], help="train/validation/test fractions when the source has none")
-    seed: int = knob(1234, help="seed of the split by file")
+    seed: int = seed_knob(1234, help="seed of the split by file")
 
     def __post_init__(self) -> None:
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:

@@ -49,7 +49,7 @@ from amadeus.fileio import atomic_open, write_json
 from amadeus.hardware import resolve_device
 from amadeus.models import build_config, build_model, parameter_count
 from amadeus.nll import mean_nll
-from amadeus.params import as_dict, knob
+from amadeus.params import as_dict, knob, seed_knob
 from amadeus.windows import WindowSampler, evenly_spaced_windows, unigram_nll
 
 log = logging.getLogger("amadeus.train")
@@ -64,7 +64,7 @@ class TrainConfig:
                               help="auto: bf16 autocast on CPUs with native bf16 (AVX512-BF16 or AMX)")
     cuda_bf16: bool = knob(True, help="bf16 autocast on CUDA")
     threads: int = knob(2, min=0, help="torch CPU threads, pinned (sums reproducible); 0 = torch's default")
-    seed: int = knob(0, min=0)
+    seed: int = seed_knob(0)
     window: int | None = knob(200, min=1, help="events per window; null = the model's context_length")
     stride: int = knob(10, min=1, help="window starts are multiples of this")
     batch_size: int = knob(16, min=1)

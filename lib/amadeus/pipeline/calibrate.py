@@ -17,7 +17,7 @@ from amadeus.checkpoint import load_model
 from amadeus.data import load_split
 from amadeus.errors import UserError
 from amadeus.fileio import write_yaml
-from amadeus.params import build, knob, section
+from amadeus.params import build, knob, section, seed_knob
 from amadeus.pipeline import paths
 from amadeus.quant import calibrate
 from amadeus.windows import random_windows
@@ -30,7 +30,7 @@ class CalibrateConfig:
     batches: int = knob(8, min=1, help="validation batches the hooks observe")
     batch_size: int = knob(4, min=1)
     window: int = knob(200, min=1, help="events per window (the model sees window+1 ids)")
-    seed: int = knob(1234, help="which validation windows")
+    seed: int = seed_knob(1234, help="which validation windows")
     threads: int = knob(1, min=1, help="torch threads: per-step ops are tiny, more threads only contend")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from amadeus import data
 from amadeus.continuation_eval import EvalPrompt, held_out_prompts
 from amadeus.errors import UserError
-from amadeus.params import build, knob
+from amadeus.params import build, knob, seed_knob
 from amadeus.pipeline import paths
 
 SPLITS = ("validation", "test")
@@ -33,7 +33,7 @@ class EvalPromptConfig:
     prompt_seconds: float = knob(5.0, gt=0, help="each held-out prompt lasts this long")
     eval_seconds: float = knob(10.0, gt=0, help="each held-out prompt is continued this long; the pianist's "
                                "next eval_seconds are its reference")
-    eval_prompt_seed: int = knob(0, help="where the prompts sit in the pieces (the phase of an even grid)")
+    eval_prompt_seed: int = seed_knob(0, help="where the prompts sit in the pieces (the phase of an even grid)")
 
 
 PROMPT_KNOBS = tuple(f.name for f in dataclasses.fields(EvalPromptConfig))

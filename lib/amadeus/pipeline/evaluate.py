@@ -35,7 +35,7 @@ from amadeus.continuation_eval import EvalPrompt, continuation_notes, evaluate_c
 from amadeus.data import load_split
 from amadeus.errors import UserError
 from amadeus.fileio import atomic_open, write_json
-from amadeus.params import as_dict, build, knob, section
+from amadeus.params import as_dict, build, knob, section, seed_knob
 from amadeus.pipeline import paths
 from amadeus.pipeline.eval_prompts import HeldOut, held_out, prompt_config
 from amadeus.vocab import VOCAB_SIZE, strip_pad  # the real event ids (PAD excluded): the floor draws from these
@@ -51,7 +51,7 @@ class EvaluateConfig:
     long_note_seconds: float = knob(3.0, gt=0, help="a note longer than this counts as long")
     bootstrap: int = knob(1000, min=10, help="resamples of the prompts for the measures' 95% intervals")
     overlap_bootstrap: int = knob(200, min=0, help="resamples for the interval on the mean overlap (0 = none)")
-    seed: int = knob(0)
+    seed: int = seed_knob(0)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from amadeus.errors import UserError
 from amadeus.fileio import atomic_open, write_json
 from amadeus.generation import Loaded, continue_midi, encode_midi, load
 from amadeus.hardware import resolve_device
-from amadeus.params import as_dict, build, knob, section
+from amadeus.params import as_dict, build, knob, section, seed_knob
 from amadeus.pipeline import paths
 from amadeus.pipeline.eval_prompts import EvalPromptConfig, HeldOut, held_out
 from amadeus.playing_rules import PlayingRules
@@ -56,7 +56,7 @@ class GenerateConfig(EvalPromptConfig):
     top_k: int = knob(0, min=0, help="0 = off")
     top_p: float = knob(0.95, gt=0, max=1, help="1.0 = off")
     num_beams: int = knob(1, min=1)
-    seed: int = knob(0, help="piece i of each group is sampled with seed + i")
+    seed: int = seed_knob(0, help="piece i of each group is sampled with seed + i", max=2**62)
     model_kwargs: dict[str, dict] = knob({"perceiver_ar": {"num_latents": 1}},
                                          help="per family, extra prefill arguments")
     render: bool = knob(True, help="write a WAV and a piano-roll PNG of every piece (not of eval continuations)")

@@ -24,7 +24,7 @@ from amadeus.errors import UserError
 from amadeus.fileio import write_json
 from amadeus.hardware import machine
 from amadeus.nll import mean_nll
-from amadeus.params import as_dict, build, knob, section
+from amadeus.params import as_dict, build, knob, section, seed_knob
 from amadeus.pipeline import paths
 from amadeus.pipeline.calibrate import CalibrateConfig, validation_windows
 from amadeus.quant import quantize_model, state_bytes
@@ -42,7 +42,7 @@ class QuantizeConfig:
     eltwise_dtype: str = knob("auto", choices=("auto", "float16", "float32"),
                               help="GRU gate arithmetic; auto = float16 on CUDA, float32 on CPU")
     eval_batches: int = knob(8, min=1, help="validation batches for val_nll_fp32/int8 (calibrate's size)")
-    eval_seed: int = knob(4321, help="windows for the NLL; differs from calibrate.seed (no eval on calib data)")
+    eval_seed: int = seed_knob(4321, help="windows for the NLL; differs from calibrate.seed (no eval on calib data)")
     bench_tokens: int = knob(400, min=10, help="events generated per timing round, batch 1")
     bench_rounds: int = knob(9, min=1, help="interleaved fp32/int8 rounds; the median counts")
     threads: int = knob(1, min=1, help="torch threads while timing")
