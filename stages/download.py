@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from amadeus.errors import exits_cleanly
+from amadeus.errors import main_entry
 from amadeus.params import load_yaml
 from amadeus.pipeline import download
 
 
-@exits_cleanly
+@main_entry
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("source", help="a key of the `sources` section of params.yaml")

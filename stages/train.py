@@ -6,12 +6,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from amadeus.errors import exits_cleanly
+from amadeus.errors import main_entry
 from amadeus.params import load_yaml
 from amadeus.pipeline import train
 
 
-@exits_cleanly
+@main_entry
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("family", help="a model family under `models:` in params.yaml")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from amadeus.errors import exits_cleanly
+from amadeus.errors import main_entry
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@exits_cleanly
+@main_entry
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     args.run(args)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from amadeus.errors import UserError, exits_cleanly
+from amadeus.errors import UserError, main_entry
 from amadeus.fileio import atomic_open
 from amadeus.models import parameter_count
 from amadeus.models.perceiver_ar import PerceiverAR, PerceiverARConfig
@@ -132,7 +132,7 @@ def import_perceiver_io(src_dir: str | Path, dst_sess: str | Path) -> dict:
     return ckpt
 
 
-@exits_cleanly
+@main_entry
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="amadeus import-perceiver-io", description=__doc__.splitlines()[0])
     ap.add_argument("src", type=Path, help="perceiver-io Hugging Face model directory")
