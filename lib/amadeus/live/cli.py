@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from amadeus.errors import UserError
+from amadeus.errors import UserError, main_entry
 from amadeus.generation_args import add_rule_arguments
 from amadeus.live.config import LiveConfig
 from amadeus.live.players import file_player, midi_file_messages
@@ -138,10 +138,9 @@ def run(args: argparse.Namespace, backend: Backend | None = None) -> list[Turn]:
     return turns
 
 
+@main_entry
 def main(argv: Sequence[str] | None = None) -> None:
     """Stand-alone entry (the project's CLI calls add_arguments/run)."""
-    from amadeus.errors import exits_cleanly
-
     parser = argparse.ArgumentParser(prog="amadeus live", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    exits_cleanly(run)(parser.parse_args(argv))
+    run(parser.parse_args(argv))
