@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amadeus.params import knob
+from amadeus.params import Invalid, knob
 from amadeus.vocab import PAD_ID, SHIFT_1S, VOCAB_SIZE
 
 
@@ -59,6 +59,25 @@ class PerceiverARConfig:
     output_bias: bool = knob(False, help="bias on the output logits")
     init_scale: float = knob(0.02, gt=0.0, help="std of the normal init of Linear and Embedding weights")
     pad_id: int = knob(PAD_ID, min=0)
+
+    def check(self) -> None:
+        """Rules between the fields (amadeus.params.build calls this), so a bad config stops with one line
+        before a model is built."""
+        if self.vocab_size != VOCAB_SIZE + 1:
+            raise Invalid(f"vocab_size: {self.vocab_size} must be {VOCAB_SIZE + 1} ({VOCAB_SIZE} events + PAD)")
+        if self.pad_id != PAD_ID:
+            raise Invalid(f"pad_id: {self.pad_id} must be {PAD_ID} (amadeus.vocab.PAD_ID)")
+        if self.max_latents > self.max_seq_len:
+            raise Invalid(f"max_latents: {self.max_latents} must be <= max_seq_len ({self.max_seq_len})")
+        if self.num_channels % self.num_heads:
+            raise Invalid(f"num_heads: {self.num_heads} must divide num_channels ({self.num_channels})")
+        head = self.num_channels // self.num_heads
+        rot = self.rotary_channels
+        if rot == -1:
+            rot = head // 2 if self.abs_pos_emb else head
+        if rot % 2 or rot > head:
+            raise Invalid(f"rotary_channels: {self.rotary_channels} gives {rot} rotated channels per head; "
+                          f"they must be even and <= the head dim ({head} = num_channels / num_heads)")
 
 
 def rotate_pairs(x: Tensor) -> Tensor:

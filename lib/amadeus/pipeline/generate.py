@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from amadeus.codec import CodecConfig
 from amadeus.continuation_eval import EvalPrompt
 from amadeus.errors import UserError
 from amadeus.fileio import atomic_open, write_json
@@ -250,7 +251,7 @@ def run(params: dict, root: Path, family: str, *, quiet: bool = False) -> dict:
     root = Path(root)
     config = build(GenerateConfig, section(params, "generate"), "generate")
     # decoding closes notes left open after this long, as everywhere else in the pipeline
-    max_note_seconds = float((params.get("codec") or {}).get("max_note_seconds", 5.0))
+    max_note_seconds = build(CodecConfig, params.get("codec"), "codec").max_note_seconds
     if config.threads:
         torch.set_num_threads(config.threads)  # batch 1: extra threads only contend
     device = resolve_device(config.device, "params.yaml: generate.device")
