@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from amadeus.errors import main_entry
 from amadeus.pipeline import paths
 
 
@@ -128,5 +129,11 @@ def _evaluate_line(entry: dict) -> str:
             f"{_interval(entry.get('mgeval') or {}, 'mean_overlap')}")
 
 
-if __name__ == "__main__":
+@main_entry
+def main() -> None:
+    """`python -m amadeus.report`: the same summary as `amadeus report`."""
     print(summary())
+
+
+if __name__ == "__main__":
+    main()
