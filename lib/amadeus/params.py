@@ -14,8 +14,7 @@ out-of-range values never pass. A dataclass with rules between its fields define
 key relative to the section, and `build` puts the section in front.
 
 Messages start with `params.yaml: <section>`; a `where` that already names its file (it contains
-": ", e.g. `"save/x.sess: config"`) is used as written. The whole file is checked at once by
-`amadeus.pipeline.params_check` (docs/params.md).
+": ", e.g. `"save/x.sess: config"`) is used as written (docs/params.md).
 """
 
 from __future__ import annotations
@@ -65,8 +64,7 @@ def located(where: str) -> str:
 
 
 def load_yaml(path: str | Path = "params.yaml") -> dict:
-    """The sections of a params file, read but not validated (stages use
-    `amadeus.pipeline.params_check.load_params`, which validates them all)."""
+    """The sections of a params file, read but not validated: each stage builds the sections it reads."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: not found (run from the project root, or pass the params file)")
