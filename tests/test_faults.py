@@ -194,3 +194,15 @@ def test_cuda_without_cuda_is_one_line():
 
     with pytest.raises(UserError, match="^params.yaml: train.device is cuda but .*use auto or cpu$"):
         resolve_device("cuda", "params.yaml: train.device")
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", ".", "", "x\\0y", "/abs"])
+def test_a_source_name_with_a_path_in_it_is_refused(tmp_path, name):
+    from amadeus.pipeline import download, paths
+
+    with pytest.raises(UserError, match=r"^params.yaml: sources: .* is not a valid source name; allowed: "):
+        download.run({"sources": {name: {"kind": "local", "path": str(tmp_path)}}}, tmp_path, name)
+    with pytest.raises(UserError):
+        paths.midi_dir(name, tmp_path)
+    assert leftovers(tmp_path) == []
+    assert paths.midi_dir("maestro-sample_v1.2", tmp_path) == tmp_path / "dataset" / "midi" / "maestro-sample_v1.2"

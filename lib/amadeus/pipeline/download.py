@@ -15,6 +15,7 @@ from amadeus.sources import FetchReport, fetch
 
 def run(params: dict, root: Path, source: str) -> FetchReport:
     """Fill dataset/midi/<source>/ (nothing to do when it already holds what the settings fetch)."""
+    paths.check_source_name(source)  # before its settings are looked up: the name becomes a folder
     settings = section(params, f"sources.{source}")
     r = fetch(source, settings, paths.midi_dir(source, root), cache=paths.downloads_dir(source, root))
     state = "up to date" if r.up_to_date else f"downloaded {r.downloaded_bytes / 1e6:.1f} MB"

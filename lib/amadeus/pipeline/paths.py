@@ -22,24 +22,38 @@ Nothing DVC hashes holds a wall time, a host name or an absolute path (docs/dvc.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 Root = str | os.PathLike
 
+# A source name becomes a folder name under dataset/: no separators, no `.`/`..`, nothing a shell quotes.
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_source_name(source: str) -> str:
+    """`source` when it is a plain folder name, else a one-line UserError (it would write outside dataset/)."""
+    if not isinstance(source, str) or not _SOURCE_NAME.fullmatch(source) or source in (".", ".."):
+        from amadeus.errors import UserError
+
+        raise UserError(f"params.yaml: sources: {source!r} is not a valid source name; "
+                        f"allowed: letters, digits, '.', '_', '-' (not '.' or '..')")
+    return source
+
 
 def midi_dir(source: str, root: Root = ".") -> Path:
     """The MIDI files of one source, as the download stage leaves them."""
-    return Path(root) / "dataset" / "midi" / source
+    return Path(root) / "dataset" / "midi" / check_source_name(source)
 
 
 def downloads_dir(source: str, root: Root = ".") -> Path:
     """The download cache of one source, kept between runs (not a DVC output)."""
-    return Path(root) / "dataset" / "downloads" / source
+    return Path(root) / "dataset" / "downloads" / check_source_name(source)
 
 
 def processed_dir(source: str, root: Root = ".") -> Path:
     """The `.data` event files and manifest of one source."""
-    return Path(root) / "dataset" / "processed" / source
+    return Path(root) / "dataset" / "processed" / check_source_name(source)
 
 
 def checkpoint(family: str, precision: str = "fp32", root: Root = ".") -> Path:
