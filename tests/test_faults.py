@@ -206,3 +206,37 @@ def test_a_source_name_with_a_path_in_it_is_refused(tmp_path, name):
         paths.midi_dir(name, tmp_path)
     assert leftovers(tmp_path) == []
     assert paths.midi_dir("maestro-sample_v1.2", tmp_path) == tmp_path / "dataset" / "midi" / "maestro-sample_v1.2"
+
+
+def test_an_endless_download_stops_at_max_bytes(tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from amadeus.sources.downloader import Downloader, HttpConfig
+
+    class Endless(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self.send_response(200)
+            if self.path == "/lying":
+                self.send_header("Content-Length", str(10 << 30))
+            self.end_headers()  # no Content-Length on /endless: the body ends when the server closes
+            with contextlib.suppress(OSError):
+                while True:
+                    self.wfile.write(b"\0" * 65536)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        with Downloader(HttpConfig(retries=0, max_bytes=1 << 20, read_timeout=5)) as dl:
+            for route, said in (("/endless", "sent more than max_bytes"), ("/lying", "announces")):
+                with pytest.raises(UserError, match=f"^{base}{route}: {said}.*1,048,576 bytes.*partial file deleted"):
+                    dl.download(base + route, tmp_path / "x.zip")
+                assert leftovers(tmp_path) == []
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

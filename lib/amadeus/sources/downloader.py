@@ -44,6 +44,9 @@ class HttpConfig:
     backoff: float = knob(2.0, min=0, help="first retry waits this many seconds; each next one doubles")
     delay: float = knob(0.0, min=0, help="minimum seconds between two requests (politeness)")
     user_agent: str = knob(USER_AGENT)
+    # The largest dataset file we fetch (GiantMIDI-Piano's zip) is under 1 GB; the cap stops an endless
+    # or hostile response from filling the disk before the sha256 check could fail.
+    max_bytes: int = knob(8 << 30, min=1, help="largest file a download may be; a bigger one is refused")
 
 
 @dataclass
@@ -254,8 +257,14 @@ class Downloader:
             bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
                        desc=desc[:40], disable=quiet(), leave=False)
             try:
+                if total is not None and total > self.config.max_bytes:
+                    raise self._too_big(url, part, f"announces {total:,} bytes, more")
                 with open(part, mode) as f:
+                    size = offset
                     for chunk in r.iter_content(CHUNK):
+                        size += len(chunk)
+                        if size > self.config.max_bytes:
+                            raise self._too_big(url, part, "sent more")
                         f.write(chunk)
                         bar.update(len(chunk))
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
@@ -267,6 +276,13 @@ class Downloader:
         size = part.stat().st_size
         if total is not None and size < total:
             raise _Retry(f"connection closed at byte {size} of {total}", size > offset)
+
+
+    def _too_big(self, url: str, part: Path, what: str) -> UserError:
+        """Refuse a download over `max_bytes`; the partial file goes (resuming it would only grow it)."""
+        part.unlink(missing_ok=True)
+        return UserError(f"{url}: {what} than max_bytes ({self.config.max_bytes:,} bytes); partial file deleted "
+                         f"(raise max_bytes in the source's params if the file really is that big)")
 
 
 def _raise_for_status(url: str, r: requests.Response) -> None:
