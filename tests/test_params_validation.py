@@ -12,7 +12,7 @@ import yaml
 from amadeus.codec import CodecConfig
 from amadeus.errors import UserError
 from amadeus.models.perceiver_ar import PerceiverARConfig
-from amadeus.params import build
+from amadeus.params import SECTIONS, build, load_yaml
 from amadeus.pipeline.generate import GenerateConfig
 from amadeus.pipeline.train import train_config
 from amadeus.preprocess import PreprocessConfig
@@ -89,3 +89,33 @@ def test_the_train_stage_refuses_with_one_line_and_exit_2(tmp_path, change, mess
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("sources: {a: {kind: local, path: x}}\ndatasets: [a]\ntrian: {}\n", "trian: unknown section; allowed: sources"),
+    ("sources: {a: {kind: local, path: x}}\ndatasets: [a]\ngenerate:\n", "generate: empty section"),
+    ("sources: {a: {kind: local, path: x}}\ndatasets: [a, b]\n", "datasets: 'b' is not a declared source; declared: a"),
+])
+def test_the_file_as_a_whole_is_checked_when_loaded(tmp_path, text, message) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as e:
+        load_yaml(path)
+    assert str(e.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(e.value)
+
+
+def test_the_real_params_file_loads() -> None:
+    assert set(load_yaml(ROOT / "params.yaml")) <= set(SECTIONS)
+
+
+@pytest.mark.parametrize("value", [0, 100000, "1"])
+def test_generate_refuses_num_latents_the_checkpoint_cannot_take(value) -> None:
+    from amadeus.models import build_model
+    from amadeus.pipeline.generate import _check_num_latents
+
+    model = build_model("perceiver_ar", {"num_channels": 32, "num_heads": 2, "max_seq_len": 32,
+                                         "max_latents": 8})
+    with pytest.raises(UserError, match=r"num_latents: .* must be an integer in 1\.\.8"):
+        _check_num_latents({"num_latents": value}, model, "perceiver_ar")
+    _check_num_latents({"num_latents": 8}, model, "perceiver_ar")

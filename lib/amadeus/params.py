@@ -78,7 +78,31 @@ def load_yaml(path: str | Path = "params.yaml") -> dict:
         raise UserError(f"{path}: cannot be read: {e}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of sections at the top level")
+    _check_sections(data, path)
     return data
+
+
+# Every top-level section of params.yaml; a misspelt one would otherwise be ignored silently.
+SECTIONS = ("sources", "datasets", "codec", "preprocess", "models", "train", "calibrate", "quantize",
+            "generate", "score", "evaluate")
+
+
+def _check_sections(data: Mapping, path: Path) -> None:
+    """What holds for the file as a whole: known sections, none left empty, datasets declared."""
+    for name, value in data.items():
+        if name not in SECTIONS:
+            raise UserError(f"{path}: {name}: unknown section; allowed: {', '.join(SECTIONS)}")
+        if value is None:  # an empty section would silently mean "all defaults"
+            raise UserError(f"{path}: {name}: empty section; give its keys or remove it")
+    datasets = data.get("datasets", [])
+    if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
+        raise UserError(f"{path}: datasets: expected a list of source names, got {datasets!r}")
+    sources = data.get("sources")
+    if isinstance(sources, Mapping):
+        for name in datasets:
+            if name not in sources:
+                declared = ", ".join(map(str, sources)) or "none"
+                raise UserError(f"{path}: datasets: {name!r} is not a declared source; declared: {declared}")
 
 
 def section(params: Mapping, name: str) -> Any:

@@ -126,6 +126,18 @@ def showcase_indices(count: int, showcase: int) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, count - 1, min(showcase, count))})
 
 
+def _check_num_latents(kwargs: dict, model: Any, family: str) -> None:
+    """The model decides the allowed latents; refuse before any generation rather than mid-stage."""
+    if "num_latents" not in kwargs:
+        return
+    value, most = kwargs["num_latents"], getattr(getattr(model, "config", None), "max_latents", None)
+    if most is None:
+        raise UserError(f"params.yaml: generate.model_kwargs.{family}.num_latents: this family has no latents")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise UserError(f"params.yaml: generate.model_kwargs.{family}.num_latents: {value!r} is out of range; "
+                        f"must be an integer in 1..{most} (the checkpoint's max_latents)")
+
+
 class _Writer:
     """Generates with one checkpoint and writes what the stage keeps of each result."""
 
@@ -135,6 +147,7 @@ class _Writer:
         if not isinstance(kwargs, dict):
             raise UserError(f"params.yaml: generate.model_kwargs.{family}: expected a mapping of prefill "
                             f"arguments, e.g. {{num_latents: 1}}, got {kwargs!r}")
+        _check_num_latents(kwargs, loaded.model, family)
         self.loaded, self.out_dir, self.config, self.family = loaded, out_dir, config, family
         self.kwargs, self.max_note_seconds = kwargs, max_note_seconds
         self.rules = playing_rules(config) if config.constrain else None
