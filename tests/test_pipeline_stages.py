@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mido
 import numpy as np
 import pretty_midi
 import pytest
@@ -142,6 +143,16 @@ def test_generate_continues_the_held_out_prompts_with_the_pieces_seeds(workspace
     pieces = json.loads((paths.pieces_dir("performance_rnn", "fp32", workspace) / "index.json").read_text())
     names = [p["name"] for p in pieces["pieces"]]
     assert names[0] == "uncond_00" and names[-1] == "input_my_phrase"
+    # The input file's own messages open its full MIDI, as played (not re-binned by the event codec).
+    played = mido.MidiFile(workspace / "input" / "my phrase.mid")
+    full = mido.MidiFile(paths.pieces_dir("performance_rnn", "fp32", workspace) / "input_my_phrase.full.mid")
+    assert full.ticks_per_beat == played.ticks_per_beat
+    def notes(track):
+        return [m for m in track if not m.is_meta]
+
+    assert sum(len(notes(t)) for t in played.tracks) > 20
+    assert [notes(t) for t in full.tracks[:len(played.tracks)]] == [notes(t) for t in played.tracks]
+    assert len(full.tracks) == len(played.tracks) + 1  # then the continuation's own track
     showcase = [p for p in pieces["pieces"] if p["name"].startswith("eval_")]
     assert len(showcase) == 2  # the first and the last prompt, from the same generation
     out = paths.pieces_dir("performance_rnn", "fp32", workspace)

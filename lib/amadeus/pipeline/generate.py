@@ -36,6 +36,7 @@ from amadeus.params import as_dict, build, knob, section, seed_knob
 from amadeus.pipeline import paths
 from amadeus.pipeline.eval_prompts import EvalPromptConfig, HeldOut, held_out
 from amadeus.playing_rules import PlayingRules
+from amadeus.prompt_passthrough import midi_bytes
 
 
 @dataclass
@@ -72,7 +73,8 @@ class GenerateConfig(EvalPromptConfig):
                                           "velocity_high, max_silence, max_note_seconds, controls")
 
 
-Prompt = tuple[str, str, np.ndarray | None]  # (piece name, where it came from, prompt ids or None)
+# (piece name, where it came from, prompt ids, the MIDI file itself: its notes come back as played)
+Prompt = tuple[str, str, np.ndarray, Path]
 
 
 def _safe(name: str) -> str:
@@ -93,7 +95,7 @@ def collect_inputs(root: Path, config: GenerateConfig, flavour: str) -> tuple[li
             print(f"generate: skipping {source}: {e}")
             skipped.append(f"{source}: {e}")
             continue
-        prompts.append((f"input_{_safe(path.stem)}", source, ids))
+        prompts.append((f"input_{_safe(path.stem)}", source, ids, path))
     return prompts, skipped
 
 
@@ -153,13 +155,14 @@ class _Writer:
         self.rules = playing_rules(config) if config.constrain else None
         self.records: list[dict] = []  # per generation: tokens, seconds of music, compute seconds
 
-    def generate(self, prompt: np.ndarray | None, seconds: float | None, seed: int) -> dict[str, Any]:
+    def generate(self, prompt: np.ndarray | None, seconds: float | None, seed: int,
+                 prompt_midi: Path | None = None) -> dict[str, Any]:
         c = self.config
         result = continue_midi(
             self.loaded, None, max_new_tokens=c.max_new_tokens, seconds=seconds, do_sample=c.do_sample,
             temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, num_beams=c.num_beams, seed=seed,
             model_kwargs=self.kwargs, prompt_ids=prompt, max_note_seconds=self.max_note_seconds,
-            return_full=True, rules=self.rules)
+            return_full=True, rules=self.rules, prompt_midi=prompt_midi)
         self.records.append({"tokens": result["tokens"], "seconds_of_music": result["seconds"],
                              "compute_seconds": result["compute_seconds"]})
         return result
@@ -169,7 +172,10 @@ class _Writer:
         files = {"continuation": f"{name}.mid", "full": f"{name}.full.mid", "ids": f"{name}.npy"}
         for key in ("continuation", "full"):
             with atomic_open(self.out_dir / files[key], "wb") as f:
-                result[key].write(f)
+                if key == "full" and result["full_midi"] is not None:  # a prompt file's own messages
+                    f.write(midi_bytes(result["full_midi"]))
+                else:
+                    result[key].write(f)
         _save_ids(self.out_dir / files["ids"], result["ids"])
         if self.config.render:
             from amadeus import render
@@ -227,9 +233,9 @@ def write_pieces(loaded: Loaded, held: HeldOut, inputs: list[Prompt], out_dir: P
         if j in showcase:
             pieces.append(writer.piece(f"eval_{file}", f"{prompt.name} (held-out prompt)", result, True, seed))
 
-    names = unique_names([name for name, _, _ in inputs])
-    for k, ((_, source, prompt), name) in enumerate(zip(inputs, names, strict=True)):
-        result = writer.generate(prompt, config.seconds, config.seed + k)
+    names = unique_names([name for name, _, _, _ in inputs])
+    for k, ((_, source, prompt, path), name) in enumerate(zip(inputs, names, strict=True)):
+        result = writer.generate(prompt, config.seconds, config.seed + k, prompt_midi=path)
         pieces.append(writer.piece(name, source, result, True, config.seed + k))
 
     settings = as_dict(config)
