@@ -150,7 +150,7 @@ def test_generate_continues_the_held_out_prompts_with_the_pieces_seeds(workspace
     def notes(track):
         return [m for m in track if not m.is_meta]
 
-    assert sum(len(notes(t)) for t in played.tracks) > 20
+    assert sum(len(notes(t)) for t in played.tracks) > 10
     assert [notes(t) for t in full.tracks[:len(played.tracks)]] == [notes(t) for t in played.tracks]
     assert len(full.tracks) == len(played.tracks) + 1  # then the continuation's own track
     showcase = [p for p in pieces["pieces"] if p["name"].startswith("eval_")]
