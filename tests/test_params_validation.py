@@ -119,3 +119,14 @@ def test_generate_refuses_num_latents_the_checkpoint_cannot_take(value) -> None:
     with pytest.raises(UserError, match=r"num_latents: .* must be an integer in 1\.\.8"):
         _check_num_latents({"num_latents": value}, model, "perceiver_ar")
     _check_num_latents({"num_latents": 8}, model, "perceiver_ar")
+
+
+def test_generate_refuses_an_input_dir_that_is_a_file_or_missing(tmp_path) -> None:
+    from amadeus.pipeline.generate import collect_inputs
+
+    (tmp_path / "phrase.mid").write_bytes(b"")
+    for where, why in [("phrase.mid", "is a file, not a folder"), ("inptu", "does not exist")]:
+        config = build(GenerateConfig, {"input_dir": where}, "generate")
+        with pytest.raises(UserError, match=f"generate.input_dir: {where} {why}"):
+            collect_inputs(tmp_path, config, "magenta")
+    assert collect_inputs(tmp_path, build(GenerateConfig, {}, "generate"), "magenta") == ([], [])
