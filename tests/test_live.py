@@ -19,6 +19,8 @@ from amadeus.live import Codec, LiveConfig, LiveSession, Phrase, StreamDecoder
 from amadeus.live.ports import MemoryBackend, MidoBackend, list_ports
 from amadeus.models.performance_rnn import PerformanceRNN, PerformanceRNNConfig
 
+WAIT = 60.0  # seconds a test waits for a session state before it fails: only a hang takes this long
+
 
 def tiny_model(hidden: int = 32, layers: int = 2, seed: int = 0) -> PerformanceRNN:
     torch.manual_seed(seed)
@@ -48,7 +50,12 @@ def phrase_midi(path=None, pedal=True) -> pretty_midi.PrettyMIDI:
 
 
 class Harness:
-    """A session running in a thread on in-memory ports."""
+    """A session running in a thread on in-memory ports.
+
+    Tests wait on the session's own state (listening, turns, what was fed or sent) with generous
+    timeouts, never on a fixed sleep: on a loaded machine the session's warm-up alone can take longer
+    than a phrase's silence. The session is listening (warmed up) when the constructor returns.
+    """
 
     def __init__(self, model, codec, record_dir=None, **cfg):
         cfg.setdefault("silence", 0.2)
@@ -56,23 +63,35 @@ class Harness:
         cfg.setdefault("seed", 0)
         self.backend = MemoryBackend()
         self.out = self.backend.open_output(None)
-        self.session = LiveSession(model, codec, self.out, LiveConfig(**cfg), record_dir=record_dir)
+        self.lines = []
+        self.session = LiveSession(model, codec, self.out, LiveConfig(**cfg), record_dir=record_dir,
+                                   log=self.lines.append)
         self.inp = self.backend.open_input(None, self.session.on_message)
         self.thread = threading.Thread(target=self.session.run, daemon=True)
         self.thread.start()
+        self.wait(self.session.listening.is_set)
 
     def feed(self, msg, t=None):
         self.inp.feed(msg, t)
 
-    def wait(self, cond, timeout=10.0):
+    def wait(self, cond, timeout=WAIT):
         end = time.monotonic() + timeout
         while not cond():
             if time.monotonic() > end:
                 raise AssertionError("timed out")
             time.sleep(0.005)
 
-    def wait_turns(self, n, timeout=20.0):
+    def wait_turns(self, n, timeout=WAIT):
         self.wait(lambda: len(self.session.turns) >= n and not self.session.responding, timeout)
+
+    def generate_once(self, messages):
+        """Play the phrase once, wait until the answer is sampled in full (not played out), stop."""
+        try:
+            live.play_phrase(self.inp, messages, speed=None)
+            self.wait(lambda: self.session.turns and self.session.turns[0].generated is not None)
+        finally:
+            self.stop()
+        return self.session.turns[0]
 
     def play_turns(self, messages, turns):
         """Play the phrase `turns` times, each after the session listens again; wait for the session to end."""
@@ -81,7 +100,7 @@ class Harness:
             n = len(self.session.turns)
             live.play_phrase(self.inp, messages, speed=None)
             self.wait_turns(n + 1)
-        self.thread.join(timeout=5)
+        self.thread.join(timeout=WAIT)
 
     def answer_once(self, messages):
         """Play the phrase once, wait for the answer, stop; returns that turn."""
@@ -94,7 +113,7 @@ class Harness:
 
     def stop(self):
         self.session.stop()
-        self.thread.join(timeout=5)
+        self.thread.join(timeout=WAIT)
         assert not self.thread.is_alive()
 
 
@@ -132,10 +151,11 @@ def test_held_pedal_blocks_silence_handover_release_triggers_it(codec):
         h.feed(cc(64, 127))
         h.feed(on(60))
         h.feed(off(60))
-        time.sleep(0.45)  # three times the silence, pedal still down
+        # The note-on (final: nothing played later can precede it) is primed while the pedal is down.
+        h.wait(lambda: h.session.fed and h.session.fed[-1] == vocab.NOTE_ON + 60)
+        quiet = time.monotonic()
+        h.wait(lambda: time.monotonic() > quiet + 3 * 0.15)  # three times the silence, pedal still down
         assert not h.session.turns and not h.session.responding
-        # Meanwhile the note-on (final: nothing played later can precede it) was primed.
-        assert h.session.fed[-1] == vocab.NOTE_ON + 60
         released = time.monotonic()
         h.feed(cc(64, 0), released)
         h.wait_turns(1)
@@ -147,14 +167,16 @@ def test_held_pedal_blocks_silence_handover_release_triggers_it(codec):
 
 
 def test_cc67_hands_over_on_press_not_on_silence(codec):
-    h = Harness(tiny_model(), codec, silence=0.1, seconds=0.3, handover="cc67", turns=1)
+    h = Harness(tiny_model(), codec, silence=0.1, seconds=0.3, handover="cc67", turns=1, handover_hint=0.3)
     try:
         h.feed(on(60))
         h.feed(off(60))
-        time.sleep(0.4)
+        # Quiet for longer than the hint's wait: the player is told, in one line, what the model waits for.
+        h.wait(lambda: any("waiting for controller 67" in line for line in h.lines))
         assert not h.session.turns
         h.feed(cc(67, 0))  # release value: nothing
-        time.sleep(0.05)
+        released = time.monotonic()
+        h.wait(lambda: time.monotonic() > released + 0.1)
         assert not h.session.turns
         pressed = time.monotonic()
         h.feed(cc(67, 127), pressed)
@@ -163,6 +185,7 @@ def test_cc67_hands_over_on_press_not_on_silence(codec):
         assert vocab.NOTE_ON + 60 in h.session.turns[0].prompt_ids
     finally:
         h.stop()
+    assert sum("waiting for controller" in line for line in h.lines) == 1
 
 
 def test_parse_handover():
@@ -180,7 +203,8 @@ def test_phrase_prompt_equals_codec_encode_and_was_primed_while_playing(codec, t
     path = tmp_path / "phrase.mid"
     pm = phrase_midi(path)
     messages = live.midi_file_messages(path)
-    h = Harness(tiny_model(), codec, silence=0.3, seconds=0.3, turns=1, prime_interval=0.01)
+    # The silence leaves the session's thread ample time to run its last priming pass on a busy machine.
+    h = Harness(tiny_model(), codec, silence=1.0, seconds=0.3, turns=1, prime_interval=0.01)
     try:
         live.play_phrase(h.inp, messages, speed=None)  # stamped as if played in real time, ending now
         h.wait_turns(1)
@@ -338,8 +362,8 @@ def test_answer_writes_no_event_the_decoder_would_drop(codec):
     # sampler tracks what sounds, the player's held notes included, exactly as `amadeus generate`.
     from amadeus.music_stats import discarded_events
 
-    h = Harness(tiny_model(seed=5), codec, silence=0.1, seconds=10.0, turns=1)
-    turn = h.answer_once(live.phrase_messages(phrase_midi()))
+    h = Harness(tiny_model(seed=5), codec, silence=0.1, seconds=10.0, turns=1, lookahead=60.0)
+    turn = h.generate_once(live.phrase_messages(phrase_midi()))
     ids = np.asarray(turn.prompt_ids + turn.answer_ids)
     counts = discarded_events(ids, count_from=len(turn.prompt_ids))
     assert sum(1 for i in turn.answer_ids if i < vocab.TIME_SHIFT) > 10   # notes were played
@@ -350,8 +374,8 @@ def test_answer_follows_the_playing_rules(codec):
     from amadeus.playing_rules import PlayingRules
 
     rules = PlayingRules(lowest="C4", highest="C5", max_polyphony=2)
-    h = Harness(tiny_model(seed=5), codec, silence=0.1, seconds=10.0, turns=1, rules=rules)
-    turn = h.answer_once(live.phrase_messages(phrase_midi()))
+    h = Harness(tiny_model(seed=5), codec, silence=0.1, seconds=10.0, turns=1, rules=rules, lookahead=60.0)
+    turn = h.generate_once(live.phrase_messages(phrase_midi()))
     played = [i for i in turn.answer_ids if i < vocab.NOTE_OFF]
     assert played and all(60 <= i <= 72 for i in played)
     sounding = set()
@@ -368,8 +392,7 @@ def test_answer_follows_the_playing_rules(codec):
 def test_stop_sends_all_notes_off(codec):
     h = Harness(tiny_model(seed=5), codec, silence=0.05, seconds=30.0)
     live.play_phrase(h.inp, live.phrase_messages(phrase_midi()), speed=None)
-    h.wait(lambda: any(m.type == "note_on" and m.velocity for _, m in h.out.messages()))
-    time.sleep(0.2)
+    h.wait(lambda: sum(m.type == "note_on" and m.velocity > 0 for _, m in h.out.messages()) >= 2)
     h.stop()
     msgs = [m for _, m in h.out.messages()]
     assert msgs[-2:] == [cc(123, 0), cc(64, 0)]
@@ -398,20 +421,70 @@ def test_barge_in_stops_the_answer_and_starts_a_phrase(codec):
     assert h.session.turns[1].prompt_ids[:1] == [vocab.VELOCITY + (80 - 1) // 4]
 
 
-def test_record_writes_phrase_and_answer(codec, tmp_path):
+def player_track(take: mido.MidiFile) -> list[mido.Message]:
+    return [m for m in take.tracks[0] if not m.is_meta]
+
+
+def test_record_saves_each_take_as_one_two_track_file_wav_and_piano_roll(codec, tmp_path):
     h = Harness(tiny_model(seed=2), codec, record_dir=tmp_path / "rec", silence=0.05, seconds=1.0, turns=2)
-    h.play_turns(live.phrase_messages(phrase_midi()), 2)
+    messages = live.phrase_messages(phrase_midi())
+    h.play_turns(messages, 2)
+    assert not h.thread.is_alive()  # run() ended: close() waited for the WAVs and piano rolls
     for i in (1, 2):
-        phrase = pretty_midi.PrettyMIDI(str(tmp_path / "rec" / f"turn-{i:03d}-phrase.mid"))
-        answer = pretty_midi.PrettyMIDI(str(tmp_path / "rec" / f"turn-{i:03d}-response.mid"))
-        assert len(phrase.instruments[0].notes) == 7
-        assert [c.value for c in phrase.instruments[0].control_changes] == [100, 0]
-        assert codec_mod.encode(phrase).tolist() == h.session.turns[i - 1].prompt_ids
-        n_ons = sum(1 for n in h.session.turns[i - 1].notes if n.kind == "on")
-        assert len(answer.instruments[0].notes) == n_ons
+        take = mido.MidiFile(tmp_path / "rec" / f"take-{i:03d}.mid")
+        turn = h.session.turns[i - 1]
+        assert len(take.tracks) == 2 and take.tracks[1].name == "amadeus continuation"
+        # The player's track holds their messages as they arrived: velocities, both pedal values, 120 bpm.
+        played = player_track(take)
+        assert [m.copy(time=0) for m in played] == [m.copy(time=0) for _, m in messages]
+        assert [m.tempo for m in take.tracks[0] if m.type == "set_tempo"] == [500000]
+        pm = pretty_midi.PrettyMIDI(str(tmp_path / "rec" / f"take-{i:03d}.mid"))
+        player, answer = pm.instruments
+        assert codec_mod.encode(phrase_midi()).tolist() == turn.prompt_ids
+        ons = [n for n in h.session.played(turn) if n.kind == "on"]
+        assert ons and len(answer.notes) == len(ons)
+        assert min(n.start for n in answer.notes) >= max(n.end for n in player.notes)  # after the phrase
+        for suffix in (".wav", ".png"):
+            assert (tmp_path / "rec" / f"take-{i:03d}{suffix}").stat().st_size > 1000
 
 
-def test_list_ports_without_backend_is_one_clear_line(monkeypatch, capsys):
+def test_record_folder_that_cannot_be_written_fails_before_the_first_turn(codec, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    backend = MemoryBackend()
+    for bad in (blocker, blocker / "takes"):
+        with pytest.raises(UserError) as e:
+            LiveSession(tiny_model(), codec, backend.open_output(None), LiveConfig(), record_dir=bad)
+        assert str(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_take_that_cannot_be_written_is_kept_and_saved_later(codec, tmp_path):
+    folder = tmp_path / "rec"
+    h = Harness(tiny_model(seed=2), codec, record_dir=folder, silence=0.05, seconds=0.3, turns=2)
+    (folder / "take-001.mid").mkdir()  # a real OSError: the atomic rename cannot replace a folder
+    messages = live.phrase_messages(phrase_midi())
+    live.play_phrase(h.inp, messages, speed=None)
+    h.wait_turns(1)
+    assert any("take 1 not saved yet" in line for line in h.lines)
+    (folder / "take-001.mid").rmdir()
+    h.play_turns(messages, 1)
+    assert sorted(p.name for p in folder.glob("*.mid")) == ["take-001.mid", "take-002.mid"]
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_stop_during_a_phrase_keeps_it_as_a_take(codec, tmp_path):
+    h = Harness(tiny_model(), codec, record_dir=tmp_path / "rec", silence=0.5, seconds=0.3)
+    h.feed(cc(64, 90))
+    h.feed(on(60, 33))
+    h.feed(cc(64, 70))
+    h.stop()
+    take = mido.MidiFile(tmp_path / "rec" / "take-001.mid")
+    assert [m.copy(time=0) for m in player_track(take)[:3]] == [cc(64, 90), on(60, 33), cc(64, 70)]
+    assert [m.type for m in player_track(take)[3:]] == ["note_off", "control_change"]  # released at the stop
+    assert any("phrase in progress is saved" in line for line in h.lines)
+
+
+def test_list_ports_without_backend_says_none_and_exits_0(monkeypatch, capsys):
     class NoAlsa:
         def __init__(self, *a, **k):
             pass
@@ -427,15 +500,13 @@ def test_list_ports_without_backend_is_one_clear_line(monkeypatch, capsys):
     assert "\n" not in str(e.value) and "no MIDI backend" in str(e.value)
     from amadeus import cli
 
-    with pytest.raises(SystemExit) as ex:
-        cli.main(["live", "--list-ports"])
-    assert ex.value.code != 0
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no MIDI backend" in err
+    cli.main(["live", "--list-ports"])  # returns: exit 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("MIDI inputs: none (no MIDI backend") and out[1].startswith("MIDI outputs: none")
 
 
 def test_list_ports_with_and_without_ports():
-    assert "memory in" in list_ports(MemoryBackend())
+    assert "  memory in" in list_ports(MemoryBackend()).splitlines()
 
     class Empty(MemoryBackend):
         def list_inputs(self):
@@ -443,39 +514,103 @@ def test_list_ports_with_and_without_ports():
 
         list_outputs = list_inputs
 
-    with pytest.raises(UserError, match="no MIDI ports"):
-        list_ports(Empty())
+    assert list_ports(Empty()).splitlines()[:2] == ["MIDI inputs: none", "MIDI outputs: none"]
 
 
-def test_cli_run_with_input_file(monkeypatch, tmp_path, capsys):
-    from amadeus import generation
+def save_tiny_checkpoint(path, seed=0):
+    import dataclasses
 
-    model = tiny_model(seed=4)
-    monkeypatch.setattr(generation, "load", lambda path, *a, **k: generation.Loaded(model, "performance_rnn",
-                                                                                     "magenta", "fp32"))
-    path = tmp_path / "phrase.mid"
-    phrase_midi(path)
+    from amadeus import checkpoint
+
+    model = tiny_model(seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.save(path, {"format": checkpoint.FORMAT, "family": "performance_rnn", "precision": "fp32",
+                           "config": dataclasses.asdict(model.config), "model": model.state_dict(),
+                           "codec": {"flavour": "magenta"}})
+    return path
+
+
+def waltz_midi(path):
+    """A 90 bpm 3/4 pedalled phrase at velocity 60, as a DAW would write it."""
+    pm = pretty_midi.PrettyMIDI(resolution=480, initial_tempo=90.0)
+    pm.time_signature_changes.append(pretty_midi.TimeSignature(3, 4, 0.0))
+    piano = pretty_midi.Instrument(0)
+    beat = 60 / 90
+    for k, p in enumerate([60, 64, 67, 72, 67, 64]):
+        piano.notes.append(pretty_midi.Note(60, p, k * beat, (k + 1) * beat))
+    piano.control_changes += [pretty_midi.ControlChange(64, 127, 0.0), pretty_midi.ControlChange(64, 0, 5.9 * beat)]
+    pm.instruments.append(piano)
+    pm.write(str(path))
+
+
+def test_cli_input_file_without_midi_or_sound_card(monkeypatch, tmp_path, capsys):
+    """No MIDI service, no --out: the answer goes to the null port, said in one line, and the takes
+    are recorded; the pipeline's checkpoint is found by default; the phrase file is kept untouched."""
+    class NoMidi(MemoryBackend):
+        def list_inputs(self):
+            raise UserError("no MIDI backend: (none here)")
+
+        list_outputs = list_inputs
+
+    save_tiny_checkpoint(tmp_path / "save" / "performance_rnn.int8.sess", seed=4)
+    waltz_midi(tmp_path / "waltz.mid")
+    monkeypatch.chdir(tmp_path)
     parser = argparse.ArgumentParser()
     live.add_arguments(parser)
-    args = parser.parse_args(["--checkpoint", "x.sess", "--input-file", str(path), "--out", "null",
-                              "--input-speed", "8", "--silence", "100", "--seconds", "0.5", "--repeat", "2",
-                              "--record", str(tmp_path / "rec"), "--seed", "1"])
-    turns = live.run(args, backend=MemoryBackend())
+    args = parser.parse_args(["--input-file", "waltz.mid", "--input-speed", "8", "--silence", "100",
+                              "--seconds", "0.5", "--repeat", "2", "--seed", "1", "--no-render"])
+    turns = live.run(args, backend=NoMidi())
     assert len(turns) == 2
-    assert (tmp_path / "rec" / "turn-002-response.mid").is_file()
-    assert "turn 2:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "answer: the null port (this machine has no MIDI output); takes saved in takes/" in out
+    assert "checkpoint: save/performance_rnn.int8.sess (the pipeline's" in out
+    assert "recorded 2 take(s) in takes" in out
+    source = mido.MidiFile(tmp_path / "waltz.mid")
+    for i in (1, 2):
+        take = mido.MidiFile(tmp_path / "takes" / f"take-{i:03d}.mid")
+        assert take.ticks_per_beat == source.ticks_per_beat
+        assert [list(t) for t in take.tracks[:-1]] == [list(t) for t in source.tracks]  # untouched
+        assert len(take.tracks) == len(source.tracks) + 1
+        assert any(m.type == "note_on" for m in take.tracks[-1])
 
 
-def test_cli_rejects_bad_options(tmp_path):
+def test_cli_handover_controller_with_input_file(tmp_path, capsys):
+    """--handover cc67 with a file: the file player presses the pedal after the phrase, and the CLI says
+    what the model waits for; --out FILE.mid gets what was sent, all notes off last."""
+    ck = save_tiny_checkpoint(tmp_path / "tiny.sess")
+    phrase_midi(tmp_path / "phrase.mid")
     parser = argparse.ArgumentParser()
     live.add_arguments(parser)
-    with pytest.raises(UserError, match="checkpoint"):
+    args = parser.parse_args(["--checkpoint", str(ck), "--input-file", str(tmp_path / "phrase.mid"), "--out",
+                              str(tmp_path / "answer.mid"), "--input-speed", "8", "--handover", "cc67",
+                              "--seconds", "0.3"])
+    assert len(live.run(args, backend=MemoryBackend())) == 1
+    out = capsys.readouterr().out
+    assert "when controller 67 is pressed" in out and f"answer: the file {tmp_path / 'answer.mid'}" in out
+    assert ended_with_all_notes_off(tmp_path / "answer.mid")
+
+
+def test_cli_rejects_bad_options(tmp_path, monkeypatch):
+    parser = argparse.ArgumentParser()
+    live.add_arguments(parser)
+    assert "[--checkpoint FILE.sess]" in parser.format_usage()  # optional, and it is: the pipeline's is found
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="no --checkpoint given and none of save/performance_rnn.int8.sess"):
         live.run(parser.parse_args([]), backend=MemoryBackend())
     with pytest.raises(UserError, match="not found"):
         live.run(parser.parse_args(["--checkpoint", "x", "--input-file", str(tmp_path / "no.mid")]),
                  backend=MemoryBackend())
     with pytest.raises(UserError, match="silence"):
         live.run(parser.parse_args(["--checkpoint", "x", "--silence", "0"]), backend=MemoryBackend())
+    ck = save_tiny_checkpoint(tmp_path / "tiny.sess")
+    phrase_midi(tmp_path / "phrase.mid")
+    (tmp_path / "file").write_text("x")
+    for flag in ("--record", "--out"):
+        bad = str(tmp_path / "file" / ("sub" if flag == "--record" else "answer.mid"))
+        with pytest.raises(UserError, match="cannot be written") as e:
+            live.run(parser.parse_args(["--checkpoint", str(ck), "--input-file", str(tmp_path / "phrase.mid"),
+                                        flag, bad]), backend=MemoryBackend())
+        assert "\n" not in str(e.value)
 
 
 # --- latency ------------------------------------------------------------------------------------------
@@ -486,7 +621,7 @@ def test_latency_and_timing_full_size_gru(codec):
     Generous bounds (the test machine is shared); bench/live.py reports the real figures.
     """
     model = tiny_model(hidden=512, layers=3)
-    h = Harness(model, codec, silence=0.25, seconds=1.0, turns=5)
+    h = Harness(model, codec, silence=0.25, seconds=0.5, turns=5)
     h.play_turns(live.phrase_messages(phrase_midi()), 5)
     turns = h.session.turns
     assert len(turns) == 5
@@ -496,34 +631,76 @@ def test_latency_and_timing_full_size_gru(codec):
     assert timing["p99"] < 0.03, timing
 
 
-def test_ctrl_c_ends_the_cli_cleanly(tmp_path):
-    import dataclasses
-    import signal
+def start_cli(tmp_path, *extra):
     import subprocess
     import sys
 
-    from amadeus import checkpoint
-
-    model = tiny_model()
-    ck = tmp_path / "tiny.sess"
-    checkpoint.save(ck, {"format": checkpoint.FORMAT, "family": "performance_rnn", "precision": "fp32",
-                         "config": dataclasses.asdict(model.config), "model": model.state_dict(),
-                         "codec": {"flavour": "magenta"}})
-    phrase = tmp_path / "phrase.mid"
-    phrase_midi(phrase)
+    ck = save_tiny_checkpoint(tmp_path / "tiny.sess")
+    phrase_midi(tmp_path / "phrase.mid")
     proc = subprocess.Popen([sys.executable, "-u", "-m", "amadeus.cli", "live", "--checkpoint", str(ck),
-                             "--input-file", str(phrase), "--out", "null", "--silence", "100", "--seconds", "60"],
+                             "--input-file", str(tmp_path / "phrase.mid"), "--out", str(tmp_path / "answer.mid"),
+                             "--record", str(tmp_path / "takes"), "--no-render", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    while not lines or not lines[-1].startswith("playing"):  # printed once the session listens
+        line = proc.stdout.readline()
+        if not line:
+            proc.kill()
+            raise AssertionError(f"the CLI ended early: {lines} {proc.stderr.read()}")
+        lines.append(line)
+    return proc
+
+
+def ended_with_all_notes_off(path):
+    sent = [m for m in mido.MidiFile(path).tracks[0] if not m.is_meta]
+    sounding = set()
+    for m in sent:
+        if m.type == "note_on" and m.velocity:
+            sounding.add(m.note)
+        elif m.type in ("note_off", "note_on"):
+            sounding.discard(m.note)
+    return [m.copy(time=0) for m in sent[-2:]] == [cc(123, 0), cc(64, 0)] and not sounding
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_answer_ends_the_cli_cleanly(tmp_path, sig):
+    """A real process and a real signal while the answer plays (the phrase takes 0.4 s, the answer 60 s):
+    exit 0, all notes off last on the output, the interrupted take saved, nothing on stderr."""
+    import signal
+
+    proc = start_cli(tmp_path, "--input-speed", "4", "--silence", "100", "--seconds", "60")
     try:
-        assert "playing" in proc.stdout.readline()
-        time.sleep(2.5)  # the phrase (1.7 s) and the silence are over: the answer is playing
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        time.sleep(1.5)  # the answer starts about 0.55 s after the session listens
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=WAIT)
     finally:
         proc.kill()
-    assert proc.returncode == 0, err
-    assert "stopped: all notes off" in out and "interrupted" in out
-    assert "Traceback" not in err
+    assert proc.returncode == 0 and err == "", err
+    name = "Ctrl-C" if sig == "SIGINT" else sig
+    assert f"stopped by {name}: all notes off" in out and "interrupted" in out
+    assert ended_with_all_notes_off(tmp_path / "answer.mid")
+    take = mido.MidiFile(tmp_path / "takes" / "take-001.mid")
+    assert any(m.type == "note_on" for m in take.tracks[-1])
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_a_phrase_keeps_the_phrase(tmp_path, sig):
+    """The phrase is played at a quarter speed (6.8 s, no gap as long as the silence); a signal 0.5 s
+    in keeps what was played."""
+    import signal
+
+    proc = start_cli(tmp_path, "--input-speed", "0.25", "--silence", "5000")
+    try:
+        time.sleep(0.5)
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and err == "", err
+    assert "the phrase in progress is saved as" in out
+    take = mido.MidiFile(tmp_path / "takes" / "take-001.mid")
+    assert player_track(take)[0].copy(time=0) == on(60, 70)
+    assert ended_with_all_notes_off(tmp_path / "answer.mid")
 
 
 def test_int8_model_answers(codec):
@@ -534,6 +711,6 @@ def test_int8_model_answers(codec):
 
     model = copy.deepcopy(tiny_model(seed=6))
     quantize_model(model, None)  # dynamic activation ranges: no calibration data needed
-    h = Harness(model, codec, silence=0.2, seconds=0.5, turns=1)
+    h = Harness(model, codec, silence=1.0, seconds=0.5, turns=1)
     turn = h.answer_once(live.phrase_messages(phrase_midi()))
     assert turn.warm_ids == len(turn.prompt_ids) and turn.answer_ids and turn.latency is not None

@@ -27,6 +27,7 @@ class LiveConfig:
     drop_late: float = 0.1  # a note-on this late (s) is skipped, as Aria-Duet drops > 100 ms late messages
     max_prompt_events: int = 0  # 0 = whole phrase; else only the last N events prime the model (one prefill)
     turns: int = 0  # stop after this many answers (0 = until Ctrl-C / stop())
+    handover_hint: float = 2.0  # with a hand-over controller: quiet this long (s), say the model waits for it
     rules: Any = None  # amadeus.playing_rules.PlayingRules for the answers (None = no musician's rule)
 
     def __post_init__(self) -> None:

@@ -87,7 +87,10 @@ def play_phrase(port: MemoryInput, messages: Sequence[tuple[float, mido.Message]
 
 def file_player(session: LiveSession, port: MemoryInput, messages: Sequence[tuple[float, mido.Message]],
                 repeat: int, speed: float | None) -> threading.Thread:
-    """A thread that plays the phrase each time the session listens, `repeat` times, then ends it."""
+    """A thread that plays the phrase each time the session listens, `repeat` times, then ends it.
+
+    With a hand-over controller (`--handover cc67`) it presses that controller after each phrase.
+    """
 
     def play() -> None:
         for _ in range(repeat):
@@ -98,6 +101,11 @@ def file_player(session: LiveSession, port: MemoryInput, messages: Sequence[tupl
                 return
             n = len(session.turns)
             play_phrase(port, messages, speed, session.stopped)
+            cc = session.cfg.handover_cc
+            if cc is not None and not session.stopped.is_set():
+                # A file holds no hand-over pedal: press it after the phrase, as the player would.
+                port.feed(mido.Message("control_change", control=cc, value=127))
+                port.feed(mido.Message("control_change", control=cc, value=0))
             while len(session.turns) == n or session.responding:  # wait for the answer to be over
                 if session.stopped.wait(0.02):
                     return

@@ -10,6 +10,7 @@ Three implementations:
   Without a MIDI subsystem (no ALSA sequencer, as on CI) it raises one-line UserErrors.
 - `MemoryBackend`: in-process loopback for tests and benchmarks: `feed(msg, t)` plays into the open
   input; outputs record `(monotonic send time, msg)` so timing can be measured. No sound card, no ALSA.
+- `FileOutput`: `--out FILE.mid`, the loopback output that writes what it was sent to a MIDI file.
 - `SynthOutput`: FluidSynth straight to the sound card (`--synth`), through `amadeus.render`.
 
 Messages are `mido.Message` objects throughout (mido is a light pure-python dependency).
@@ -22,6 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Protocol
 
 import mido
@@ -36,7 +38,7 @@ ALL_NOTES_OFF = 123
 
 NO_BACKEND_HINT = ("no MIDI backend: python-rtmidi cannot open the system MIDI service ({detail}); "
                    "on Linux load ALSA's sequencer (`sudo modprobe snd-seq`) or try it without a keyboard "
-                   "with `--input-file phrase.mid --synth`")
+                   "with `--input-file phrase.mid --out null`")
 
 
 class InputPort(Protocol):
@@ -122,6 +124,45 @@ class MemoryBackend:
     def open_output(self, name: str | None) -> MemoryOutput:
         self.output = MemoryOutput()
         return self.output
+
+
+class FileOutput(MemoryOutput):
+    """`--out FILE.mid`: what would be sent, each message at the time it left, written as a MIDI file
+    when the port closes (so the all-notes-off at the end is in it too). The folder is checked first."""
+
+    def __init__(self, path: str | os.PathLike):
+        from amadeus.take import check_folder
+
+        super().__init__()
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise UserError(f"{self.path}: --out must name a .mid file, and this is a folder")
+        check_folder(self.path.parent, f"the folder of --out {self.path.name}")
+        self.name = str(self.path)
+
+    def midi(self) -> mido.MidiFile:
+        """The messages sent so far, time 0 at the first, at 120 bpm and 960 ticks per beat."""
+        sent = self.messages()
+        track = mido.MidiTrack([mido.MetaMessage("track_name", name="amadeus live output", time=0)])
+        start = sent[0][0] if sent else 0.0
+        now = 0
+        for t, msg in sent:
+            tick = max(now, round((t - start) * 1e6 * 960 / 500000))
+            track.append(msg.copy(time=tick - now))
+            now = tick
+        track.append(mido.MetaMessage("end_of_track", time=0))
+        out = mido.MidiFile(type=1, ticks_per_beat=960)
+        out.tracks.append(track)
+        return out
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        from amadeus.fileio import write_bytes
+        from amadeus.prompt_passthrough import midi_bytes
+
+        write_bytes(self.path, midi_bytes(self.midi()))
 
 
 # ----------------------------------------------------------------------------------------- mido/rtmidi
@@ -258,11 +299,16 @@ class SynthOutput:
 
 
 def list_ports(backend: Backend) -> str:
-    """Text listing of input and output ports; a UserError when there are none at all."""
-    inputs, outputs = backend.list_inputs(), backend.list_outputs()
-    if not inputs and not outputs:
-        raise UserError("no MIDI ports found: connect a keyboard (or start a virtual port), "
-                        "or try it without one with `--input-file phrase.mid --synth`")
-    lines = ["inputs:"] + [f"  {n}" for n in inputs or ["(none)"]]
-    lines += ["outputs:"] + [f"  {n}" for n in outputs or ["(none)"]]
+    """What exists: the MIDI input and output ports ("none" where there are none, with the reason when
+    the system has no MIDI service), and the ways to play without them."""
+    lines = []
+    for kind, names in (("inputs", backend.list_inputs), ("outputs", backend.list_outputs)):
+        try:
+            found, why = names(), ""
+        except UserError as e:  # no MIDI service at all (no ALSA sequencer, as in containers and CI)
+            found, why = [], f" ({e})"
+        lines.append(f"MIDI {kind}: " + ("none" + why if not found else ""))
+        lines += [f"  {n}" for n in found]
+    lines.append("without them: --input-file PHRASE.mid plays a file in; --out null, --out FILE.mid or --synth "
+                 "take the answer")
     return "\n".join(lines)

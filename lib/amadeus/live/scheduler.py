@@ -52,6 +52,8 @@ class Scheduler(threading.Thread):
 
     def put(self, due: float, msg: mido.Message, turn: int) -> None:
         with self.cv:
+            if self.closed:
+                return  # the session is over: nothing may follow its all-notes-off
             if not self.items and due <= time.monotonic():
                 self._send(due, msg, turn)  # due now (an answer's first note): no hand-off to this thread
                 return

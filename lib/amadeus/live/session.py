@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     import torch
 
     from amadeus.live.ports import OutputPort
+    from amadeus.take import TakeWriter
 
 
 class LiveSession:
@@ -56,12 +57,17 @@ class LiveSession:
     """
 
     def __init__(self, model: torch.nn.Module, codec: Codec, out: OutputPort, config: LiveConfig,
-                 record_dir: str | Path | None = None, log: Callable[[str], None] | None = None):
+                 record_dir: str | Path | None = None, log: Callable[[str], None] | None = None,
+                 recorder: TakeWriter | None = None):
         import torch
 
         self.model, self.codec, self.out, self.cfg = model, codec, out, config
-        self.record_dir = Path(record_dir) if record_dir is not None else None
         self.log = log or (lambda line: None)
+        if recorder is None and record_dir is not None:
+            from amadeus.take import TakeWriter
+
+            recorder = TakeWriter(record_dir, log=self.log)  # checks the folder now, before any turn
+        self.recorder = recorder
         self.model.eval()
         self.generator = torch.Generator().manual_seed(config.seed if config.seed is not None
                                                        else int(time.time_ns() % 2**31))
@@ -77,6 +83,7 @@ class LiveSession:
         self._handover_at: float | None = None  # set by the input callback when the hand-over pedal is pressed
         self._reset_warm()
         self._closed = False
+        self._close_lock = threading.Lock()
 
     # --- input (called from the port's thread) ------------------------------------------------------
 
@@ -154,16 +161,24 @@ class LiveSession:
         primed_version = -1
         next_prime = 0.0
         prime_again: float | None = None  # when the last pass's unfed events become final
+        told = False  # the player was told the model waits for the hand-over controller
         while True:
             with self.cv:
                 if self.stopped.is_set():
                     return 0.0, None
                 now = time.monotonic()
                 deadline = None
+                hint = None
                 if self._handover_at is not None:
                     deadline = self._handover_at
                 elif self.cfg.handover_cc is None:
                     deadline = self.phrase.silence_deadline(self.cfg.silence)
+                elif not told:
+                    hint = self.phrase.silence_deadline(self.cfg.handover_hint)
+                    if hint is not None and now >= hint:
+                        told, hint = True, None
+                        self.log(f"waiting for controller {self.cfg.handover_cc} (press it to hand over; "
+                                 "silence does not)")
                 if deadline is not None and now >= deadline:
                     phrase, self.phrase = self.phrase, Phrase()
                     self._handover_at = None
@@ -176,6 +191,8 @@ class LiveSession:
                 timeout = 0.5
                 if deadline is not None:
                     timeout = min(timeout, deadline - now)
+                if hint is not None:
+                    timeout = min(timeout, max(0.0, hint - now))
                 if want_prime:
                     again = next_prime if self.version != primed_version else max(next_prime, prime_again)
                     timeout = min(timeout, max(0.0, again - now))
@@ -326,6 +343,7 @@ class LiveSession:
                     ahead = turn.origin + decoder.step * STEP_SECONDS - time.monotonic()
                     if ahead > self.cfg.lookahead:
                         self.interrupt.wait(ahead - self.cfg.lookahead)
+            turn.generated = time.monotonic()
             # Wait for the answer to finish playing (or for the player to cut in).
             while not self.interrupt.is_set() and self.scheduler.pending():
                 last = self.scheduler.last_due()
@@ -337,37 +355,80 @@ class LiveSession:
             turn.interrupted = self.interrupt.is_set()
             if turn.interrupted:
                 self.scheduler.flush()
+            turn.ended = time.monotonic()
             turn.first_note_sent = self.scheduler.first_note.get(turn.index)
             self._reset_warm()
+            self.log(describe_turn(turn))
+            if self.recorder is not None:
+                self._record(turn)  # before the player is let in again: the take is on disk first
             with self.cv:
                 self.responding = False
                 self.cv.notify_all()
-            self.log(describe_turn(turn))
-            if self.record_dir is not None:
-                self._record(turn)
 
     # --- recording and stopping -------------------------------------------------------------------------
 
-    def _record(self, turn: Turn) -> None:
-        from amadeus.fileio import atomic_open
+    def played(self, turn: Turn) -> list[Note]:
+        """The answer as it was played: what the scheduler sent for `turn` (late notes it dropped are
+        not in it), steps from the answer's first note; notes an interruption silenced end there."""
+        if turn.origin is None:
+            return []
+        start = turn.origin + turn.first_step * STEP_SECONDS
+        notes, sounding = [], set()
+        for s in list(self.scheduler.log):
+            if s.turn != turn.index:
+                continue
+            step = max(0, round((s.due - start) / STEP_SECONDS))
+            if s.msg.type == "note_on":
+                notes.append(Note(step, "on", s.msg.note, s.msg.velocity))
+                sounding.add(s.msg.note)
+            elif s.msg.type == "note_off":
+                notes.append(Note(step, "off", s.msg.note))
+                sounding.discard(s.msg.note)
+        end = max([n.step for n in notes] + [round(((turn.ended or start) - start) / STEP_SECONDS)])
+        notes += [Note(end, "off", pitch) for pitch in sorted(sounding)]
+        return notes
 
-        assert self.record_dir is not None
-        base = self.record_dir / f"turn-{turn.index + 1:03d}"
-        phrase = turn.phrase.to_midi(end=turn.handover)
-        with atomic_open(f"{base}-phrase.mid", "wb") as f:
-            phrase.write(f)
-        with atomic_open(f"{base}-response.mid", "wb") as f:
-            notes_to_midi(turn.notes).write(f)
+    def _record(self, turn: Turn) -> None:
+        """Save the turn's take (phrase and answer as played); a failed write is logged and retried later."""
+        assert self.recorder is not None and turn.phrase.start is not None
+        origin = turn.phrase.start
+        answer_start = (turn.origin + turn.first_step * STEP_SECONDS if turn.origin is not None
+                        else turn.handover) - origin
+        take = self.recorder.take(turn.index, turn.phrase.events, origin, turn.handover,
+                                  notes_to_midi(self.played(turn)), answer_start, whole=True,
+                                  title=f"live take {turn.index + 1}")
+        self.recorder.save(take)
+
+    def _record_phrase_in_progress(self) -> None:
+        """A phrase still being played when the session stops is a take too (with no answer)."""
+        with self.cv:
+            phrase, self.phrase = self.phrase, Phrase()
+        if self.recorder is None or not phrase.has_notes:
+            return
+        import pretty_midi
+
+        assert phrase.start is not None
+        now = time.monotonic()
+        index = len(self.turns)
+        path = self.recorder.save(self.recorder.take(index, phrase.events, phrase.start, now,
+                                                     pretty_midi.PrettyMIDI(), now - phrase.start, whole=False,
+                                                     title=f"live take {index + 1} (stopped before the answer)"))
+        if path is not None:
+            self.log(f"the phrase in progress is saved as {path}")
 
     def close(self) -> None:
-        """Stop the answer and silence everything: note-offs for sounding notes, CC123, CC64 = 0."""
-        if self._closed:
-            return
-        self._closed = True
+        """End the session: stop the answer, join the scheduler, then silence everything (note-offs for
+        sounding notes, CC123, CC64 = 0) and save the takes, a phrase in progress included."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
         self.stopped.set()
         self.interrupt.set()
         self.scheduler.flush()
         self.scheduler.close()
+        if self.scheduler.is_alive() and self.scheduler is not threading.current_thread():
+            self.scheduler.join(timeout=5.0)  # nothing it sends can follow the all-notes-off
         ch = self.cfg.channel
         with self.scheduler.send_lock:
             if self.cfg.echo:  # keys the player holds, echoed to the output
@@ -375,8 +436,9 @@ class LiveSession:
                     self.out.send(mido.Message("note_off", channel=ch, note=pitch, velocity=0))
             self.out.send(mido.Message("control_change", channel=ch, control=ALL_NOTES_OFF, value=0))
             self.out.send(mido.Message("control_change", channel=ch, control=SUSTAIN, value=0))
-        if self.scheduler.is_alive():
-            self.scheduler.join(timeout=1.0)
+        if self.recorder is not None:
+            self._record_phrase_in_progress()
+            self.recorder.close()
 
     # --- figures ------------------------------------------------------------------------------------
 

@@ -36,6 +36,8 @@ class Turn:
     primed: float | None = None
     first_queued: float | None = None
     first_tokens: int = 0  # events sampled until the first note-on could be released (its step complete)
+    generated: float | None = None  # the producer sampled its last event (the answer may still be playing)
+    ended: float | None = None  # the answer was over: played out, interrupted or stopped
 
     @property
     def latency(self) -> float | None:
