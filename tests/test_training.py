@@ -165,7 +165,7 @@ def test_corrupt_checkpoint_is_a_user_error(tmp_path, data):
     path = tmp_path / "save/m.sess"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a readable .sess"):
+    with pytest.raises(UserError, match="m.sess: not an amadeus checkpoint"):
         run(tmp_path, data)
     torch.save({"format": "other"}, path)
     with pytest.raises(UserError, match="not an amadeus.sess/1"):
