@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from torch import nn
 
 from amadeus.errors import UserError
 from amadeus.quant.modules import DecomposedGRU, Int8Embedding, Int8Linear
-from amadeus.quant.qtensor import check_mode, clip_range
+from amadeus.quant.qtensor import MODES, check_mode, clip_range
 from amadeus.quant.stats import StatsCollector
 from amadeus.vocab import PAD_ID
 
@@ -132,28 +132,58 @@ def _input_ranges(linears: list[str], stats: dict | None, clip: str, n_std: floa
     return ranges
 
 
-def load_quantized(ckpt: dict, model: nn.Module) -> nn.Module:
-    """Turn the fp32-architecture `model` (built from ckpt["config"]) into the int8 model of `ckpt`."""
-    info = ckpt.get("quant")
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise UserError(f"checkpoint: precision int8 but no '{FORMAT}' quant record; re-run the quantize stage")
-    state = ckpt["model"]
-    mode = info["mode"]
-    kinds = info["modules"]
+KINDS = {"gru": nn.GRU, "linear": nn.Linear, "embedding": nn.Embedding}
+
+
+def quantized_structure(model: nn.Module, info: dict, state: Mapping[str, object], where: str = "checkpoint") -> None:
+    """Swap (in place) the modules `info["modules"]` names for their int8 forms, without weights.
+
+    Works on a meta-device model too, which is how amadeus.checkpoint compares a file's tensors with
+    what its config implies before allocating anything. A name the model lacks, or a module of
+    another kind than recorded, is a UserError starting with `where`."""
+    if not isinstance(info, Mapping) or info.get("format") != FORMAT:
+        raise UserError(f"{where}: precision int8 but no '{FORMAT}' quant record; re-run the quantize stage")
+    mode = info.get("mode")
+    if mode not in MODES:
+        raise UserError(f"{where}: quant.mode: {mode!r} is not one of: {', '.join(MODES)}")
+    kinds = info.get("modules")
+    if not isinstance(kinds, Mapping) or not all(isinstance(k, str) for k in kinds):
+        raise UserError(f"{where}: quant.modules: expected a mapping of module name -> kind")
+    for name, kind in kinds.items():
+        if kind not in KINDS:
+            raise UserError(f"{where}: quant.modules.{name}: unknown kind {kind!r}; expected one of: "
+                            f"{', '.join(KINDS)}")
+
+    def module(name: str, kind: str) -> nn.Module:
+        try:
+            m = model.get_submodule(name) if name else None
+        except AttributeError:
+            m = None
+        if not isinstance(m, KINDS[kind]):
+            raise UserError(f"{where}: quant.modules.{name}: the model has no {kind} module of that name")
+        return m
+
     for name, kind in kinds.items():  # GRUs first: their cells' Linears are listed by their new names
         if kind == "gru":
-            _set(model, name, DecomposedGRU.from_gru(model.get_submodule(name)))
-    set_eltwise_dtype(model, info.get("eltwise_dtype", "auto"))
+            _set(model, name, DecomposedGRU.from_gru(module(name, kind)))
+    eltwise = info.get("eltwise_dtype", "auto")
+    if eltwise not in ELTWISE_DTYPES:
+        raise UserError(f"{where}: quant.eltwise_dtype: {eltwise!r} is not one of: {', '.join(ELTWISE_DTYPES)}")
+    set_eltwise_dtype(model, eltwise)
     for name, kind in kinds.items():
         if kind == "linear":
-            lin = model.get_submodule(name)
+            lin = module(name, kind)
             static = f"{name}.input_scale" in state
             _set(model, name, Int8Linear(lin.in_features, lin.out_features, lin.bias is not None, mode, static))
         elif kind == "embedding":
-            emb = model.get_submodule(name)
+            emb = module(name, kind)
             _set(model, name, Int8Embedding(emb.num_embeddings, emb.embedding_dim, mode, emb.padding_idx))
-        elif kind != "gru":
-            raise UserError(f"checkpoint: unknown quantized module kind {kind!r} for '{name}'")
+
+
+def load_quantized(ckpt: dict, model: nn.Module) -> nn.Module:
+    """Turn the fp32-architecture `model` (built from ckpt["config"]) into the int8 model of `ckpt`."""
+    state = ckpt["model"]
+    quantized_structure(model, ckpt.get("quant"), state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
