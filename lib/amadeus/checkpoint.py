@@ -78,7 +78,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
             from amadeus.quant import load_quantized
         except ImportError as e:
             raise UserError(f"{path}: an int8 checkpoint needs amadeus.quant, which is unavailable ({e})") from None
-        model = load_quantized(ckpt, model)
+        model = load_quantized(ckpt, model, str(path))
     else:
         try:
             model.load_state_dict(ckpt["model"], strict=True)

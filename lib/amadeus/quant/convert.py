@@ -180,14 +180,15 @@ def quantized_structure(model: nn.Module, info: dict, state: Mapping[str, object
             _set(model, name, Int8Embedding(emb.num_embeddings, emb.embedding_dim, mode, emb.padding_idx))
 
 
-def load_quantized(ckpt: dict, model: nn.Module) -> nn.Module:
-    """Turn the fp32-architecture `model` (built from ckpt["config"]) into the int8 model of `ckpt`."""
+def load_quantized(ckpt: dict, model: nn.Module, where: str = "checkpoint") -> nn.Module:
+    """Turn the fp32-architecture `model` (built from ckpt["config"]) into the int8 model of `ckpt`;
+    `where` (the file) starts every refusal."""
     state = ckpt["model"]
-    quantized_structure(model, ckpt.get("quant"), state)
+    quantized_structure(model, ckpt.get("quant"), state, where)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise UserError(f"checkpoint: int8 weights do not fit the model: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{where}: int8 weights do not fit the model: {str(e).splitlines()[0]}") from None
     for m in model.modules():
         if isinstance(m, (Int8Linear, Int8Embedding)):
             m.prepare()
