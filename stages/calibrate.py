@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from amadeus.errors import main_entry
-from amadeus.params import load_yaml
 from amadeus.pipeline import calibrate
+from amadeus.pipeline.params_check import load_params
 
 
 @main_entry
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("family", help="a model family under `models:` in params.yaml")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    calibrate.run(load_yaml(args.params), Path("."), args.family)
+    calibrate.run(load_params(args.params), Path("."), args.family)
 
 
 if __name__ == "__main__":

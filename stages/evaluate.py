@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 
 from amadeus.errors import main_entry
-from amadeus.params import load_yaml
 from amadeus.pipeline import evaluate
+from amadeus.pipeline.params_check import load_params
 
 
 @main_entry
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    evaluate.run(load_yaml(args.params), Path("."))
+    evaluate.run(load_params(args.params), Path("."))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from amadeus.errors import main_entry
-from amadeus.params import load_yaml
 from amadeus.pipeline import generate
+from amadeus.pipeline.params_check import load_params
 
 
 @main_entry
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("family", help="a model family under `models:` in params.yaml")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    generate.run(load_yaml(args.params), Path("."), args.family, quiet=not sys.stderr.isatty())
+    generate.run(load_params(args.params), Path("."), args.family, quiet=not sys.stderr.isatty())
 
 
 if __name__ == "__main__":

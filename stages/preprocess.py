@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from amadeus.errors import main_entry
-from amadeus.params import load_yaml
 from amadeus.pipeline import preprocess
+from amadeus.pipeline.params_check import load_params
 
 
 @main_entry
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("source", help="a key of the `sources` section of params.yaml")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    preprocess.run(load_yaml(args.params), Path("."), args.source)
+    preprocess.run(load_params(args.params), Path("."), args.source)
 
 
 if __name__ == "__main__":

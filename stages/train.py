@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 
 from amadeus.errors import main_entry
-from amadeus.params import load_yaml
 from amadeus.pipeline import train
+from amadeus.pipeline.params_check import load_params
 
 
 @main_entry
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = train.run(load_yaml(args.params), Path("."), args.family)
+    result = train.run(load_params(args.params), Path("."), args.family)
     if result["interrupted"]:
         raise KeyboardInterrupt  # saved; exit 130 so that DVC does not record the stage as done
 

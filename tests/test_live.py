@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import threading
 import time
 
@@ -501,6 +502,7 @@ def test_list_ports_without_backend_says_none_and_exits_0(monkeypatch, capsys):
     from amadeus import cli
 
     cli.main(["live", "--list-ports"])  # returns: exit 0
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command leaves no handler behind
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("MIDI inputs: none (no MIDI backend") and out[1].startswith("MIDI outputs: none")
 

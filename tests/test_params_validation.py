@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,36 @@ def test_generate_refuses_an_input_dir_that_is_a_file_or_missing(tmp_path) -> No
         with pytest.raises(UserError, match=f"generate.input_dir: {where} {why}"):
             collect_inputs(tmp_path, config, "magenta")
     assert collect_inputs(tmp_path, build(GenerateConfig, {}, "generate"), "magenta") == ([], [])
+
+
+def test_a_mistake_in_a_later_section_stops_the_first_stage(tmp_path) -> None:
+    """Validated as a whole: a bad `evaluate` key stops `download` before it fetches anything."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["evaluate"]["bootstrap"] = -1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run([sys.executable, str(ROOT / "stages" / "download.py"), "maestro-sample"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: params.yaml: evaluate.bootstrap: -1"), done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"models": {"transformer": {}}}, "models.transformer: unknown model family"),
+    ({"generate": {"model_kwargs": {"perceiver_ar": {"num_latents": 100000}}}},
+     "generate.model_kwargs.perceiver_ar.num_latents: 100000 is out of range; must be an integer in 1..128"),
+    ({"sources": {"../up": {"kind": "local", "path": "x"}}}, "../up"),
+    ({"score": {"batch_size": 0}}, "score.batch_size"),
+])
+def test_validate_builds_every_section(change, message) -> None:
+    from amadeus.pipeline.params_check import validate
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    validate(params)
+    for key, value in change.items():
+        params[key] = {**params[key], **value} if key == "generate" else value
+    if "sources" in change:
+        params["datasets"] = []
+    with pytest.raises(UserError, match=re.escape(message)):
+        validate(params)

@@ -73,7 +73,7 @@ def save_checkpoint(path: Path, net: torch.nn.Module, **extra) -> None:
 
 
 def params(**generate) -> dict:
-    return {"models": ["performance_rnn"], "datasets": ["mine"],
+    return {"models": {"performance_rnn": dataclasses.asdict(tiny_rnn().config)}, "datasets": ["mine"],
             "codec": {"flavour": "magenta", "max_note_seconds": 5.0},
             "generate": {"precisions": ["fp32", "int8"], "unconditioned": 1, "eval_prompts": 4,
                          "prompt_seconds": 2.0, "eval_seconds": 3.0, "showcase": 2, "max_new_tokens": 400,

@@ -383,14 +383,19 @@ def test_stage_script_fetches_and_reports(tmp_path, capsys, monkeypatch):
     src.mkdir()
     (src / "a.mid").write_bytes(midi_bytes(60))
     params = tmp_path / "p.yaml"
-    params.write_text(f"sources:\n  mine: {{kind: local, path: '{src}'}}\n  bad: {{kind: nope}}\n")
+    params.write_text(f"sources:\n  mine: {{kind: local, path: '{src}'}}\n")
     monkeypatch.chdir(tmp_path)
     stage = load_stage()
     stage.main(["mine", "--params", str(params)])
     assert "mine (local): 1 MIDI files" in capsys.readouterr().out
     assert (paths.midi_dir("mine", tmp_path) / "a.mid").exists()
-    for name, message in [("bad", "is not a source kind"), ("absent", "missing section 'sources.absent'")]:
+    with pytest.raises(SystemExit) as e:
+        stage.main(["absent", "--params", str(params)])
+    assert e.value.code == 2 and "missing section 'sources.absent'" in capsys.readouterr().err
+    # The file is checked as a whole: a bad source stops the download of a good one too.
+    params.write_text(params.read_text() + "  bad: {kind: nope}\n")
+    for name in ("bad", "mine"):
         with pytest.raises(SystemExit) as e:
             stage.main([name, "--params", str(params)])
-        assert e.value.code == 2 and message in capsys.readouterr().err
+        assert e.value.code == 2 and "sources.bad.kind: 'nope' is not a source kind" in capsys.readouterr().err
 

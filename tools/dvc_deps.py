@@ -60,6 +60,11 @@ def imports_of(path: Path, module: str | None) -> set[str]:
     return {m for m in found if m.split(".")[0] == PACKAGE and module_file(m) is not None}
 
 
+# Modules that can stop a stage but never change its outputs (params validation): listed as deps, their
+# own imports not followed, so a stage does not rerun when code only the gate reads changes.
+GATES = {f"{PACKAGE}.pipeline.params_check"}
+
+
 def closure(script: Path) -> set[str]:
     """Every library file (relative to the root, posix) that running `script` can import."""
     seen: set[str] = set()
@@ -71,7 +76,8 @@ def closure(script: Path) -> set[str]:
         seen.add(name)
         parts = name.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parents run their __init__ first
-        todo += sorted(imports_of(module_file(name), name))
+        if name not in GATES:
+            todo += sorted(imports_of(module_file(name), name))
     return {module_file(m).relative_to(ROOT).as_posix() for m in seen}
 
 

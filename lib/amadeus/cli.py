@@ -51,9 +51,9 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _live(args: argparse.Namespace) -> None:
-    from amadeus.live import run
+    from amadeus.live.cli import run_command
 
-    run(args)
+    run_command(args)
 
 
 def _preprocess(args: argparse.Namespace) -> None:

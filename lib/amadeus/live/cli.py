@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amadeus.errors import UserError
+from amadeus.errors import UserError, main_entry
 from amadeus.generation_args import add_rule_arguments
 from amadeus.live.config import LiveConfig
 from amadeus.live.players import file_player, midi_file_messages
@@ -173,12 +173,23 @@ class _Signals:
             yield self
         finally:
             for sig, handler in self._saved.items():
-                # A SIGTERM in the last moments (the session already ended) still exits 130, not killed.
-                signal.signal(sig, _interrupt if sig == signal.SIGTERM and handler == signal.SIG_DFL else handler)
+                signal.signal(sig, handler)  # exactly as found: a library call leaves no handler behind
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def run_command(args: argparse.Namespace) -> list[Turn]:
+    """`run` for a command: a SIGTERM before or after the session (loading the model, saving the last take)
+    also ends it as Ctrl-C does (exit 130 through errors.main_entry), never killed half-way."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return run(args)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return run(args)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run(args: argparse.Namespace, backend: Backend | None = None) -> list[Turn]:
@@ -284,10 +295,9 @@ def _run_session(args: argparse.Namespace, config: LiveConfig, checkpoint: Path,
     return session.turns
 
 
+@main_entry
 def main(argv: Sequence[str] | None = None) -> None:
     """Stand-alone entry (the project's CLI calls add_arguments/run)."""
-    from amadeus.errors import exits_cleanly
-
     parser = argparse.ArgumentParser(prog="amadeus live", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    exits_cleanly(run)(parser.parse_args(argv))
+    run_command(parser.parse_args(argv))
