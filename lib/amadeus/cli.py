@@ -1,9 +1,9 @@
 """The `amadeus` command: the work users do outside the pipeline.
 
     amadeus info save/performance_rnn.sess
-    amadeus generate --checkpoint save/performance_rnn.int8.sess --prompt in.mid --length 1000 --out out.mid
+    amadeus generate --prompt in.mid --bars 8 --full take.mid --wav take.wav
     amadeus render in.mid out.wav
-    amadeus live --checkpoint save/performance_rnn.int8.sess --synth
+    amadeus live --synth
     amadeus import-perceiver-io path/to/hf-model-dir save/sam.sess
     amadeus report
     amadeus preprocess MIDI_DIR OUT_DIR
@@ -67,6 +67,27 @@ def _preprocess(args: argparse.Namespace) -> None:
     print(metrics)
 
 
+# Shown under each command's --help (tests/test_cli_args.py parses every one of them).
+EXAMPLES = {
+    "info": ["amadeus info save/performance_rnn.int8.sess"],
+    "generate": ["amadeus generate --prompt phrase.mid --bars 8 --full take.mid --wav take.wav",
+                 "amadeus generate --checkpoint save/perceiver_ar.sess --seconds 20 --seed 7 --key 'D minor' "
+                 "--out new.mid"],
+    "render": ["amadeus render take.mid take.wav"],
+    "report": ["amadeus report"],
+    "live": ["amadeus live --synth",
+             "amadeus live --input-file phrase.mid --out null --record takes/"],
+    "import-perceiver-io": ["amadeus import-perceiver-io path/to/hf-model-dir save/sam.sess"],
+    "preprocess": ["amadeus preprocess my-midi/ my-data/ --workers 2"],
+}
+
+
+def _command(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+    epilog = "example:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -78,17 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"amadeus {release}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("info", help="describe a .sess checkpoint (family, config, step, parameters, params)")
+    p = _command(sub, "info", "describe a .sess checkpoint (family, config, step, parameters, params)")
     p.add_argument("checkpoint")
     p.set_defaults(run=_info)
 
-    p = sub.add_parser("generate", help="continue a MIDI prompt (or generate from nothing)")
+    p = _command(sub, "generate", "continue a MIDI prompt (or generate from nothing)")
     from amadeus.generation_args import add_generate_arguments
 
     add_generate_arguments(p)
     p.set_defaults(run=_generate)
 
-    p = sub.add_parser("render", help="render a MIDI file to WAV through fluidsynth")
+    p = _command(sub, "render", "render a MIDI file to WAV through fluidsynth")
     p.add_argument("midi")
     p.add_argument("wav")
     p.add_argument("--soundfont", default=None, help="an .sf2 file (default: pretty_midi's TimGM6mb.sf2)")
@@ -97,26 +118,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "only to stay under -1 dBFS, so quiet playing stays quiet)")
     p.set_defaults(run=_render)
 
-    p = sub.add_parser("report", help="a short summary of the pipeline's metrics (output/metrics)")
+    p = _command(sub, "report", "a short summary of the pipeline's metrics (output/metrics)")
     p.add_argument("--metrics-dir", default=None, help="default: the pipeline's output/metrics")
     p.set_defaults(run=_report)
 
-    p = sub.add_parser("live", help="play a phrase on a MIDI keyboard, hear the continuation")
+    p = _command(sub, "live", "play a phrase on a MIDI keyboard, hear the continuation")
     from amadeus.live import add_arguments
 
     add_arguments(p)
     p.set_defaults(run=_live)
 
-    p = sub.add_parser("import-perceiver-io", help="convert a perceiver-io Hugging Face model dir to .sess")
+    p = _command(sub, "import-perceiver-io", "convert a perceiver-io Hugging Face model dir to .sess")
     p.add_argument("src", help="folder with config.json and pytorch_model.bin (or model.safetensors)")
     p.add_argument("dst", help="the .sess file to write")
     p.set_defaults(run=_import_perceiver_io)
 
-    p = sub.add_parser("preprocess", help="encode a folder of MIDI files to .data files (outside DVC)")
+    p = _command(sub, "preprocess", "encode a folder of MIDI files to .data files (outside DVC)")
     p.add_argument("midi_dir")
     p.add_argument("out_dir")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--flavour", default="magenta", choices=("magenta", "perceiver-io"))
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, one per core when "
+                   "the folder is large enough)")
+    p.add_argument("--flavour", default="magenta", choices=("magenta", "perceiver-io"),
+                   help="event codec flavour (default: magenta)")
     p.set_defaults(run=_preprocess)
     for command in sub.choices.values():  # `amadeus generate --version` works as well
         command.add_argument("--version", action="version", version=f"amadeus {release}")

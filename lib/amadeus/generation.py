@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mido
 import numpy as np
 import pretty_midi
 import torch
 
-from amadeus import prompt_passthrough
+from amadeus import checkpoint_choice, prompt_passthrough
 from amadeus.codec import CodecConfig
 from amadeus.continuation_checks import continuation_warnings, event_cap
 from amadeus.errors import UserError
@@ -239,6 +240,9 @@ def generate_cli(args: Any) -> dict[str, Any]:
     from amadeus.generation_args import check_generate_args
 
     check_generate_args(args)
+    checkpoint, by_default = checkpoint_choice.find_checkpoint(args.checkpoint, "generate")
+    if by_default:
+        print(f"checkpoint: {checkpoint} (the pipeline's; --checkpoint picks another)")
     model_kwargs = {"num_latents": args.num_latents} if getattr(args, "num_latents", None) else None
     if getattr(args, "threads", 0):
         # Batch-1 decoding: more threads only add synchronisation (and collapse under load).
@@ -252,7 +256,8 @@ def generate_cli(args: Any) -> dict[str, Any]:
     if seed is None and not args.greedy:  # a take one likes can be made again
         seed = int.from_bytes(os.urandom(4), "little") % 1_000_000
         print(f"seed {seed} (pass --seed {seed} to make this take again)")
-    result = continue_midi(args.checkpoint, args.prompt, max_new_tokens=args.length, seconds=args.seconds,
+    seconds = args.seconds if getattr(args, "bars", None) is None else bars_to_seconds(args)
+    result = continue_midi(checkpoint, args.prompt, max_new_tokens=args.length, seconds=seconds,
                            do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, num_beams=args.num_beams, seed=seed,
                            prompt_seconds=args.prompt_seconds, model_kwargs=model_kwargs, device=args.device,
@@ -277,7 +282,7 @@ def generate_cli(args: Any) -> dict[str, Any]:
         boundary = result["boundary_seconds"] if args.prompt else None
         settings = "greedy" if args.greedy else f"temperature {args.temperature}, top-p {args.top_p}, " \
             f"top-k {args.top_k}"
-        title = f"{result['family']} {result['precision']} ({Path(args.checkpoint).name}), seed {seed}, {settings}"
+        title = f"{result['family']} {result['precision']} ({checkpoint.name}), seed {seed}, {settings}"
         piano_roll_png(result["full"], args.png, boundary_seconds=boundary, title=title)
         written.append(str(args.png))
     rate = result["tokens"] / max(result["compute_seconds"], 1e-9)
@@ -288,6 +293,25 @@ def generate_cli(args: Any) -> dict[str, Any]:
     for line in result["warnings"]:
         print(f"warning: {line}", file=sys.stderr)
     return result
+
+
+def bars_to_seconds(args: Any) -> float:
+    """--bars as seconds: bars of the meter and tempo in force where the prompt ends (said in one line)."""
+    if args.prompt is None:
+        midi, at, where = mido.MidiFile(), 0.0, "no prompt: MIDI's defaults"
+    else:
+        from amadeus import codec
+
+        codec.read_midi(args.prompt)  # the bounds and checks of every MIDI reader: one line on a bad file
+        midi = prompt_passthrough.read_prompt(args.prompt)
+        at = prompt_passthrough.last_sound_seconds(midi)
+        if args.prompt_seconds is not None:
+            at = min(at, args.prompt_seconds)
+        where = f"the prompt's meter at {at:.1f} s"
+    per_bar, meter = prompt_passthrough.bar_seconds(midi, at)
+    seconds = args.bars * per_bar
+    print(f"{args.bars:g} bars of {meter} ({where}) = {seconds:.2f} s")
+    return seconds
 
 
 def rules_from_args(args: Any) -> PlayingRules:

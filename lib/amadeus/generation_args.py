@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from amadeus import checkpoint_choice
+
 
 def _positive_float(text: str) -> float:
     value = float(text)
@@ -20,15 +22,19 @@ RULE_FLAGS = {"key": "--key", "key_strength": "--key-strength", "lowest": "--low
 
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a .sess or .int8.sess file")
+    p.add_argument("--checkpoint", default=None, metavar="FILE.sess", help=checkpoint_choice.HELP)
     p.add_argument("--prompt", default=None, help="a MIDI file to continue (default: start from nothing)")
     p.add_argument("--prompt-seconds", type=_positive_float, default=None,
                    help="use only the first N seconds of the prompt")
     p.add_argument("--length", type=int, default=None,
                    help="at most this many new events (default: 1000; with --seconds, a bound the densest "
                         "piano would not reach, 120 events per second plus one second)")
-    p.add_argument("--seconds", type=_positive_float, default=None,
-                   help="stop once this many seconds of new music exist (default: no limit but --length)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=_positive_float, default=None,
+                        help="stop once this many seconds of new music exist (default: no limit but --length)")
+    length.add_argument("--bars", type=_positive_float, default=None,
+                        help="as --seconds, in bars at the prompt's tempo and time signature where it ends "
+                             "(MIDI's 120 bpm, 4/4 where it names none)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="above 1 bolder, below 1 safer; > 0 (default: 1.0, the pipeline's)")
     p.add_argument("--top-k", type=int, default=0,
@@ -37,12 +43,15 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=0.95,
                    help="nucleus sampling mass in (0, 1], 1 = off (default: 0.95, the pipeline's)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely event (no sampling)")
-    p.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = off)")
-    p.add_argument("--num-latents", type=int, default=None, help="Perceiver AR: latent positions at the start")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = off) (default: 1)")
+    p.add_argument("--num-latents", type=int, default=None,
+                   help="Perceiver AR: how many of the prompt's last events start as latents "
+                        "(default: 1, the pipeline's)")
     p.add_argument("--seed", type=int, default=None,
                    help="makes a take again; left out, one is drawn and printed (default: drawn)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (batch-1 decoding is fastest on 1; 0 = all)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads (batch-1 decoding is fastest on 1; 0 = all) (default: 1)")
     p.add_argument("--out", default=None,
                    help="MIDI file (.mid) for the continuation alone (needed unless --full, --wav or --png)")
     p.add_argument("--full", default=None, help="MIDI file for prompt + continuation")
@@ -59,6 +68,8 @@ def check_generate_args(args: argparse.Namespace) -> None:
     """Refuse impossible values and mismatched file suffixes in one line naming the flag (UserError)."""
     from amadeus.errors import UserError
 
+    if getattr(args, "num_latents", None) is not None and args.num_latents < 1:
+        raise UserError(f"--num-latents: {args.num_latents} is not allowed; use 1 or more")
     if args.length is not None and args.length < 1:
         raise UserError(f"--length: {args.length} is not allowed; give at least 1 event (or use --seconds)")
     if args.temperature <= 0:

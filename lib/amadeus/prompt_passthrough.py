@@ -106,6 +106,30 @@ def last_sound_seconds(midi: mido.MidiFile) -> float:
     return tempo.seconds(last)
 
 
+def bar_seconds(midi: mido.MidiFile, at_seconds: float) -> tuple[float, str]:
+    """How long one bar lasts at `at_seconds` of the prompt, and its meter in words ("3/4 at 90 bpm").
+
+    The tempo and time signature in force there; before any, MIDI's defaults (120 bpm, 4/4). A beat of
+    set_tempo is a quarter note, so a bar of n/d lasts n * 4/d quarter notes.
+    """
+    tempo = TempoMap(midi)
+    at_tick = tempo.ticks(at_seconds)
+    us_per_quarter = DEFAULT_TEMPO
+    numerator, denominator, meter_tick = 4, 4, -1
+    for track in midi.tracks:
+        for tick, msg in _absolute(track):
+            if tick > at_tick:
+                break
+            if msg.type == "time_signature" and tick >= meter_tick:
+                numerator, denominator, meter_tick = msg.numerator, msg.denominator, tick
+    for start_tick, _, value in tempo.segments:
+        if start_tick <= at_tick:
+            us_per_quarter = value
+    quarters = numerator * 4 / denominator
+    bpm = 6e7 / us_per_quarter
+    return quarters * us_per_quarter / 1e6, f"{numerator}/{denominator} at {bpm:.4g} bpm"
+
+
 def _is_note_off(msg: mido.Message) -> bool:
     return msg.type == "note_off" or (msg.type == "note_on" and msg.velocity == 0)
 

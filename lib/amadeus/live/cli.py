@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from amadeus import checkpoint_choice
 from amadeus.errors import UserError, main_entry
 from amadeus.generation_args import add_rule_arguments
 from amadeus.live.config import LiveConfig
@@ -48,18 +49,13 @@ if TYPE_CHECKING:
     from amadeus.live.turn import Turn
     from amadeus.take import TakeWriter
 
-# The pipeline's checkpoints, in the order `--checkpoint` falls back to them (int8: quickest to answer).
-DEFAULT_CHECKPOINTS = ("save/performance_rnn.int8.sess", "save/performance_rnn.sess",
-                       "save/perceiver_ar.int8.sess", "save/perceiver_ar.sess")
 DEFAULT_TAKES = "takes"  # --record's folder when the answer would otherwise be heard nowhere
 SHUTDOWN_SECONDS = 120.0  # the longest the session may take to end (it renders the last takes' WAVs)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `amadeus live` (argparse only: building the parser must not import torch)."""
-    p.add_argument("--checkpoint", default=None, metavar="FILE.sess",
-                   help="a .sess or .int8.sess file, any model family (default: the pipeline's, the first of "
-                        f"{', '.join(DEFAULT_CHECKPOINTS)} that exists)")
+    p.add_argument("--checkpoint", default=None, metavar="FILE.sess", help=checkpoint_choice.HELP)
     p.add_argument("--in", dest="in_port", default=None, metavar="PORT",
                    help="MIDI input port, full name or a unique part (default: the first)")
     out = p.add_mutually_exclusive_group()
@@ -77,15 +73,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="'silence' (default), or a controller whose press hands over, e.g. cc67 (soft pedal)")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each answer (default 10 s)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely events (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")
+    p.add_argument("--top-k", type=int, default=LiveConfig.top_k,
+                   help="sample among the k most likely events (0 = off) (default 0)")
+    p.add_argument("--top-p", type=float, default=LiveConfig.top_p,
+                   help="nucleus sampling mass in (0, 1], 1 = off (default 0.95, the pipeline's)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and printed)")
     p.add_argument("--channel", type=int, default=1, help="MIDI channel of the answer, 1..16 (default 1)")
     p.add_argument("--input-file", default=None, metavar="PHRASE.MID",
                    help="play this file into the session as if a player played it (no keyboard needed)")
     p.add_argument("--input-speed", type=float, default=1.0,
-                   help="speed of --input-file playback (1 = real time)")
-    p.add_argument("--repeat", type=int, default=1, help="with --input-file: play it this many times, then end")
+                   help="speed of --input-file playback (1 = real time, the default)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="with --input-file: play it this many times, then end (default 1)")
     p.add_argument("--echo", action="store_true", help="also send the player's notes to the output")
     p.add_argument("--no-barge-in", dest="barge_in", action="store_false",
                    help="keys played during an answer do not interrupt it")
@@ -109,18 +108,6 @@ def config_from_args(args: argparse.Namespace) -> LiveConfig:
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                       channel=args.channel - 1, echo=args.echo, barge_in=args.barge_in,
                       rules=rules_from_args(args))
-
-
-def find_checkpoint(given: str | None, root: str | Path = ".") -> tuple[Path, bool]:
-    """(checkpoint, whether it was picked by default): `given`, else the first pipeline checkpoint present."""
-    if given:
-        return Path(given), False
-    for name in DEFAULT_CHECKPOINTS:
-        path = Path(root) / name
-        if path.is_file():
-            return path, True
-    raise UserError(f"live: no --checkpoint given and none of {', '.join(DEFAULT_CHECKPOINTS)} exists here; "
-                    "pass --checkpoint FILE.sess (or run `dvc repro` to train one)")
 
 
 def is_midi_path(name: str) -> bool:
@@ -201,7 +188,7 @@ def run(args: argparse.Namespace, backend: Backend | None = None) -> list[Turn]:
     if args.repeat < 1 or not args.input_speed > 0:
         raise UserError("live: --repeat must be >= 1 and --input-speed > 0")
     config = config_from_args(args)
-    checkpoint, by_default = find_checkpoint(args.checkpoint)
+    checkpoint, by_default = checkpoint_choice.find_checkpoint(args.checkpoint, "live")
     if not checkpoint.is_file():
         raise UserError(f"{checkpoint}: checkpoint not found (train one with `dvc repro`, or pass a .sess file)")
     messages = midi_file_messages(args.input_file) if args.input_file else None

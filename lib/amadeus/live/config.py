@@ -16,7 +16,7 @@ class LiveConfig:
     seconds: float = 10.0  # length of each answer (seconds of music from its first note)
     temperature: float = 1.0
     top_k: int = 0
-    top_p: float = 1.0
+    top_p: float = 0.95  # the pipeline's generate.top_p (tests/test_cli_args.py)
     seed: int | None = None
     channel: int = 0  # MIDI channel of the answer
     echo: bool = False  # also send the player's input to the output (for --input-file with --synth)
