@@ -38,7 +38,7 @@ def test_summary_prints_the_score_and_evaluate_figures(tmp_path):
     interval = {"mean": 1.5, "low": 1.2, "high": 1.8}
     write_json(tmp_path / "score_perceiver_ar.json", {"family": "perceiver_ar", "test_nll": 2.5, "settings": {},
                "fp32": {"release_prior": True, "test": {
-                   "nll": 2.5, "raw_nll": 2.4, "allowed_nll": 2.2, "allowed_prior_nll": 2.1,
+                   "nll": 2.5, "nll_windows": 32, "nll_window": 256, "raw_nll": 2.4, "allowed_nll": 2.2, "allowed_prior_nll": 2.1,
                    "note_off_probability": 0.12, "prior_note_off_probability": 0.2, "note_off_rate": 0.25,
                    "class_nll": {"note_on": {"raw": 3.0, "events": 5}, "note_off": {"raw": 2.0, "events": 5},
                                  "time_shift": {"raw": 1.0, "events": 5}, "velocity": {"raw": None, "events": 0}}},
@@ -52,7 +52,8 @@ def test_summary_prints_the_score_and_evaluate_figures(tmp_path):
         "mgeval": {"ceiling": {"mean_overlap": 0.8}, "floor": {"mean_overlap": 0.1, "mean_overlap_low": 0.05,
                                                                "mean_overlap_high": 0.15}}})
     text = summary(tmp_path)
-    assert ("score perceiver_ar fp32: test NLL 2.500; validation NLL 2.600; per class note_on 3.00 note_off 2.00 "
+    assert ("score perceiver_ar fp32: test NLL 2.500; validation NLL 2.600 (score's 32 windows of 256 events per "
+            "split); per class note_on 3.00 note_off 2.00 "
             "time_shift 1.00; allowed events 2.200 -> 2.100 with the release prior (note-off probability 0.12 -> "
             "0.20, rate 0.25)") in text
     assert ("evaluate perceiver_ar fp32: 16 prompts; vs real: polyphony x1.50 [1.20, 1.80], notes/s x1.50 "

@@ -262,11 +262,11 @@ def piano_roll_png(midi: MidiLike, out_path: str | os.PathLike, boundary_seconds
         ax.axvline(boundary_seconds, color="crimson", lw=1.5, ls="--")
         handles = [Patch(color="0.93"), Line2D([], [], color="crimson", ls="--")] + handles
         labels = ["prompt", f"continuation starts ({boundary_seconds:.1f} s)"] + labels
-    # Legend above the axes so it never hides notes; the title goes to the left of it.
+    # Legend just above the axes so it never hides notes; the title on its own line above it.
     ax.legend(handles, labels, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=len(labels),
               fontsize="small", frameon=False, borderaxespad=0.2)
     if title:
-        ax.set_title(title, loc="left")
+        fig.suptitle(title, x=0.01, ha="left", fontsize="medium")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     write_bytes(out_path, buf.getvalue())

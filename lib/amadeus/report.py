@@ -93,8 +93,11 @@ def summary(metrics_dir: str | Path | None = None, timings_dir: str | Path | Non
 
 def _score_line(p: dict) -> str:
     """Windowed NLL per split, then the test split's teacher-forced NLL per class and with the prior."""
-    parts = [f"{split} NLL {e['nll']:.3f}" for split, e in p.items()
-             if isinstance(e, dict) and e.get("nll") is not None]
+    windowed = [(split, e) for split, e in p.items() if isinstance(e, dict) and e.get("nll") is not None]
+    parts = [f"{split} NLL {e['nll']:.3f}" for split, e in windowed]
+    if windowed and "nll_windows" in windowed[0][1]:  # named for its windows: train's val_nll uses others
+        first = windowed[0][1]
+        parts[-1] += f" (score's {first['nll_windows']} windows of {first['nll_window']} events per split)"
     test = p.get("test") or next((e for e in p.values() if isinstance(e, dict) and "raw_nll" in e), None)
     if test and "raw_nll" in test:
         classes = test["class_nll"]
