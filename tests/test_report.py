@@ -38,7 +38,8 @@ def test_summary_prints_the_score_and_evaluate_figures(tmp_path):
     interval = {"mean": 1.5, "low": 1.2, "high": 1.8}
     write_json(tmp_path / "score_perceiver_ar.json", {"family": "perceiver_ar", "test_nll": 2.5, "settings": {},
                "fp32": {"release_prior": True, "test": {
-                   "nll": 2.5, "nll_windows": 32, "nll_window": 256, "raw_nll": 2.4, "allowed_nll": 2.2, "allowed_prior_nll": 2.1,
+                   "nll": 2.5, "nll_windows": 32, "nll_window": 256,
+                   "raw_nll": 2.4, "allowed_nll": 2.2, "allowed_prior_nll": 2.1,
                    "note_off_probability": 0.12, "prior_note_off_probability": 0.2, "note_off_rate": 0.25,
                    "class_nll": {"note_on": {"raw": 3.0, "events": 5}, "note_off": {"raw": 2.0, "events": 5},
                                  "time_shift": {"raw": 1.0, "events": 5}, "velocity": {"raw": None, "events": 0}}},
