@@ -164,3 +164,15 @@ def test_validate_builds_every_section(change, message) -> None:
         params["datasets"] = []
     with pytest.raises(UserError, match=re.escape(message)):
         validate(params)
+
+
+def test_an_input_dir_that_is_not_there_stops_the_first_stage(tmp_path) -> None:
+    """generate.input_dir is checked with the rest of the file: a typo stops `download`, not just `generate`."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["generate"]["input_dir"] = "my-phrasez"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run([sys.executable, str(ROOT / "stages" / "download.py"), "maestro-sample"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "error: params.yaml: generate.input_dir: my-phrasez does not exist", done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

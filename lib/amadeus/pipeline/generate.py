@@ -81,14 +81,20 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80] or "piece"
 
 
-def collect_inputs(root: Path, config: GenerateConfig, flavour: str) -> tuple[list[Prompt], list[str]]:
-    """(name, source, prompt ids) of every MIDI file in `input_dir`, sorted; and those skipped, with why."""
+def check_input_dir(config: GenerateConfig, root: Path) -> Path:
+    """`input_dir` under `root`: a folder, or absent if it is the default; else a one-line UserError."""
     input_dir = root / config.input_dir
     if input_dir.exists() and not input_dir.is_dir():
         raise UserError(f"params.yaml: generate.input_dir: {config.input_dir} is a file, not a folder of MIDI files")
     default = next(f.default for f in fields(GenerateConfig) if f.name == "input_dir")
     if not input_dir.exists() and config.input_dir != default:  # a typo would silently continue nothing
         raise UserError(f"params.yaml: generate.input_dir: {config.input_dir} does not exist")
+    return input_dir
+
+
+def collect_inputs(root: Path, config: GenerateConfig, flavour: str) -> tuple[list[Prompt], list[str]]:
+    """(name, source, prompt ids) of every MIDI file in `input_dir`, sorted; and those skipped, with why."""
+    input_dir = check_input_dir(config, root)
     files = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in (".mid", ".midi")) \
         if input_dir.is_dir() else []
     prompts, skipped = [], []

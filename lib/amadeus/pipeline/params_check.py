@@ -22,18 +22,19 @@ from amadeus.params import build, load_yaml
 def load_params(path: str | Path = "params.yaml") -> dict:
     """The params file, read (amadeus.params.load_yaml: known sections, none empty) and validated."""
     params = load_yaml(path)
-    validate(params)
+    validate(params, root=Path(path).parent)
     return params
 
 
-def validate(params: Mapping[str, Any]) -> None:
-    """Build every section present as its stage will; a UserError names the first bad key."""
+def validate(params: Mapping[str, Any], root: Path | None = None) -> None:
+    """Build every section present as its stage will; a UserError names the first bad key. With the
+    workspace `root`, paths the params name are checked too (generate.input_dir)."""
     # Imported here: the gate's dependencies are not the stages' (module docstring).
     from amadeus.codec import CodecConfig
     from amadeus.models import FAMILIES, build_config
     from amadeus.pipeline.calibrate import CalibrateConfig
     from amadeus.pipeline.evaluate import EvaluateConfig
-    from amadeus.pipeline.generate import GenerateConfig
+    from amadeus.pipeline.generate import GenerateConfig, check_input_dir
     from amadeus.pipeline.paths import check_source_name
     from amadeus.pipeline.quantize import QuantizeConfig
     from amadeus.pipeline.score import ScoreConfig
@@ -67,6 +68,8 @@ def validate(params: Mapping[str, Any]) -> None:
     if "generate" in params:
         generate = build(GenerateConfig, params["generate"], "generate")
         _check_model_kwargs(generate.model_kwargs, configs)
+        if root is not None:
+            check_input_dir(generate, root)
 
 
 def _check_model_kwargs(model_kwargs: Mapping[str, Any], configs: Mapping[str, Any]) -> None:
