@@ -4,7 +4,8 @@ Keys: format ("amadeus.sess/1"), family, config (dict), precision ("fp32" | "int
 dict), optimizer, scheduler, step, rng (torch generator states as uint8 tensors: weights_only
 forbids numpy objects), params (the params.yaml sections the run used), codec (dict with flavour).
 The training loop adds: seconds (training time so far), wall, history ([step, train_loss, val_loss]
-rows), acc, window, release_prior. An int8 checkpoint adds `quant` (amadeus.quant.convert).
+rows), acc, window, release_prior, and init_from (path, sha256, step of the checkpoint a fine-tune started
+from, train_sha256 of the events it was tuned on). An int8 checkpoint adds `quant` (amadeus.quant.convert).
 
 `load` trusts nothing in the file: anything that is not a checkpoint amadeus could have written is
 refused with one line naming the file and what is wrong, and the tensors are compared with what
@@ -243,11 +244,11 @@ def _check_fields(ckpt: Any, path: Path) -> Any:
     rng = ckpt.get("rng")
     if rng is not None:
         _check_rng(rng, bad)
-    for key in ("optimizer", "scheduler", "params", "codec", "source", "quant", "release_prior"):
+    for key in ("optimizer", "scheduler", "params", "codec", "source", "quant", "release_prior", "init_from"):
         if ckpt.get(key) is not None and not isinstance(ckpt[key], Mapping):
             raise bad(key, f"expected a mapping, got {_short(ckpt[key])}")
     budget = [MAX_PLAIN_VALUES]
-    for key in ("params", "codec", "source", "quant", "release_prior", "scheduler"):
+    for key in ("params", "codec", "source", "quant", "release_prior", "scheduler", "init_from"):
         if ckpt.get(key) is not None:
             _check_plain(ckpt[key], f"{path}: {key}", budget)
     if ckpt.get("codec") is not None:
@@ -465,6 +466,10 @@ def describe(path: str | os.PathLike) -> str:
     outcome = training_outcome(ckpt)
     if outcome:
         lines.append(f"training:    {outcome}")
+    base = ckpt.get("init_from")
+    if base:  # a fine-tune: where its weights started
+        lines.append(f"init_from:   {_short(base.get('path'))} (its step {_short(base.get('step'))}, "
+                     f"sha256 {str(base.get('sha256'))[:12]})")
     if "wall" in ckpt:
         lines.append(f"trained:     {ckpt['wall']:.0f} s" + (f" ({ckpt['seconds']:.0f} s in steps)"
                                                            if "seconds" in ckpt else ""))

@@ -20,6 +20,11 @@ The train stage (amadeus.pipeline.train) builds the config from params.yaml and 
   params (every `train` key except the budget keys in `BUDGET_KEYS`): with `on_mismatch: restart`
   (default, what a `dvc repro` after a params change wants) the differences are logged and training
   starts fresh; with `on_mismatch: stop` it ends with a UserError naming them.
+- Fine-tuning: `init_from` names an fp32 `.sess` of the same family and architecture; its weights
+  replace the fresh ones before step 0, while the optimizer, schedule and step count start fresh. A
+  resumed run keeps its own weights (the base is read only when training starts from step 0), and
+  the checkpoint records the base (`init_from`: path, sha256, its step, and the sha256 of the train
+  events, so that new phrases or a changed base start the fine-tune over). Null changes nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import hashlib
 import io
 import logging
 import math
@@ -88,6 +94,9 @@ class TrainConfig:
     save_every_seconds: float = knob(60.0, gt=0)
     on_mismatch: str = knob("restart", choices=("restart", "stop"),
                             help="what to do with a checkpoint made with other params")
+    init_from: str | None = knob(None, help="an fp32 .sess (same family and architecture) whose weights "
+                                 "training starts from, with a fresh optimizer and step count; relative "
+                                 "to the workspace; null = fresh weights")
 
 
 # Keys that may change between a run and its resumption (they do not define the model or data).
@@ -146,11 +155,80 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
-def _identity(family: str, model_cfg: dict, cfg: TrainConfig, params: Mapping[str, Any]) -> dict:
-    """What a checkpoint must share with the current params to be resumed."""
-    train_keys = {k: v for k, v in as_dict(cfg).items() if k not in BUDGET_KEYS}
+def _train_params(cfg: TrainConfig) -> dict:
+    """The train params a checkpoint stores: init_from only when set, so that a run without it writes the
+    same bytes as before the key existed (and resumes the checkpoints made then)."""
+    values = as_dict(cfg)
+    if values["init_from"] is None:
+        del values["init_from"]
+    return values
+
+
+def _identity(family: str, model_cfg: dict, cfg: TrainConfig, params: Mapping[str, Any],
+              base: dict | None = None) -> dict:
+    """What a checkpoint must share with the current params to be resumed (and, fine-tuning, the base file)."""
+    train_keys = {k: v for k, v in _train_params(cfg).items() if k not in BUDGET_KEYS}
     extra = {k: params.get(k) for k in ("codec", "datasets")}
-    return {"family": family, f"models.{family}": model_cfg, "train": train_keys, **extra}
+    return {"family": family, f"models.{family}": model_cfg, "train": train_keys, **extra,
+            **({"init_from": base} if base else {})}
+
+
+# Model config keys a fine-tune may change: they act only in training (dropout) or at initialisation.
+_TUNABLE = ("init_scale",)
+
+
+def load_init(cfg: TrainConfig, family: str, model_cfg: Mapping[str, Any], *, root: str | os.PathLike = ".",
+              codec: Mapping[str, Any] | None = None, output: str | os.PathLike | None = None
+              ) -> tuple[dict, dict] | None:
+    """The weights `cfg.init_from` names and the record the checkpoint keeps of them, or None when unset.
+
+    Refused, in one line naming the key and the file: a missing file, anything checkpoint.load refuses
+    (corrupt, foreign, code), an int8 file, another family, another architecture than `model_cfg`
+    (dropout rates may differ), another codec flavour, and `output` itself (training replaces it)."""
+    if cfg.init_from is None:
+        return None
+    key = f"params.yaml: train.{family}.init_from"
+    path = Path(cfg.init_from).expanduser()
+    path = path if path.is_absolute() else Path(root) / path
+    if not path.is_file():
+        raise UserError(f"{key}: {path}: not found; name an fp32 .sess, e.g. a copy of save/{family}.sess")
+    if output is not None and path.resolve() == Path(output).resolve():
+        raise UserError(f"{key}: {path} is this stage's own output, which training replaces; copy it first "
+                        f"(e.g. to save/{family}.base.sess) and name the copy")
+    try:
+        base = checkpoint.load(path)
+    except UserError as e:  # checkpoint.load's one line names the file and what is wrong
+        raise UserError(f"{key}: {e}") from None
+    if base.get("precision", "fp32") != "fp32":
+        fp32 = path.name.replace(".int8.sess", ".sess")
+        raise UserError(f"{key}: {path}: an int8 checkpoint (rounded weights for playback); fine-tune from "
+                        f"the fp32 one ({fp32})")
+    if base["family"] != family:
+        raise UserError(f"{key}: {path}: a {base['family']} checkpoint; train.{family} needs a {family} one")
+    theirs = as_dict(build_config(family, base["config"]))
+    diffs = [f"{k}: {theirs.get(k)!r} in the file, {v!r} in models.{family}" for k, v in model_cfg.items()
+             if "dropout" not in k and k not in _TUNABLE and _plain(theirs.get(k)) != _plain(v)]
+    if diffs:
+        raise UserError(f"{key}: {path}: another architecture than models.{family} ({'; '.join(diffs[:3])}); "
+                        f"set models.{family} to the checkpoint's config (`amadeus info {path}` prints it)")
+    flavour = (base.get("codec") or {}).get("flavour", "magenta")
+    wanted = (codec or {}).get("flavour")
+    if wanted is not None and flavour != wanted:
+        raise UserError(f"{key}: {path}: learned the {flavour!r} codec flavour, not codec.flavour {wanted!r}")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    record = {"path": cfg.init_from, "sha256": digest.hexdigest(), "step": int(base.get("step", 0))}
+    return base["model"], record
+
+
+def _arrays_sha256(arrays: list[np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for a in arrays:
+        digest.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+        digest.update(b"|")  # piece boundaries count
+    return digest.hexdigest()
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -223,44 +301,54 @@ class _Board:
 def train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
           train_arrays: list[np.ndarray], val_arrays: list[np.ndarray], out: Outputs, *,
           params: Mapping[str, Any] | None = None, progress: bool = True,
-          on_step: Callable[[int, float], bool | None] | None = None) -> dict:
+          on_step: Callable[[int, float], bool | None] | None = None, root: str | os.PathLike = ".") -> dict:
     """Train (or resume) `family` and return the metrics; see the module docstring.
 
     `params`: further params.yaml sections the run depends on (`codec`, `datasets`), stored in the
     checkpoint and compared on resume. `on_step(step, loss)` returning True stops the run as a
     signal would (the checkpoint is saved; the result has `interrupted` set; no metrics written).
+    `root`: the folder a relative `cfg.init_from` is read from (the workspace).
     """
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
         return _train(family, model_config, cfg, train_arrays, val_arrays, out, dict(params or {}), progress,
-                      on_step)
+                      on_step, Path(root))
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig, train_arrays: list[np.ndarray],
            val_arrays: list[np.ndarray], out: Outputs, params: dict, progress: bool,
-           on_step: Callable[[int, float], bool | None] | None) -> dict:
+           on_step: Callable[[int, float], bool | None] | None, root: Path) -> dict:
     device = resolve_device(cfg.device, "params.yaml: train.device")
-    torch.manual_seed(cfg.seed)
     config = build_config(family, model_config)
     model_cfg = as_dict(config)
+    # Read before the seed is set, so a fine-tune draws exactly the random numbers a fresh run draws.
+    init = load_init(cfg, family, model_cfg, root=root, codec=params.get("codec"), output=out.checkpoint)
+    base = init[1] if init else None
+    torch.manual_seed(cfg.seed)
     model = build_model(family, config).to(device)
     window = cfg.window or getattr(model, "context_length", None)
     if not window:
         raise UserError(f"params.yaml: train.{family}.window: required ({family} has no context_length)")
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-    identity = _identity(family, model_cfg, cfg, params)
+    if base:
+        # A fine-tune is defined by its base and its few phrases: new phrases start it over from the base
+        # instead of resuming a finished run (runs without init_from keep comparing params only).
+        base = {**base, "train_sha256": _arrays_sha256(train_arrays)}
+    identity = _identity(family, model_cfg, cfg, params, base)
     # seconds: time in this run's training steps (for tokens/s); wall: that plus validation and saving,
     # summed over resumed runs (the max_seconds budget; kept in the checkpoint only when a cap is set).
     # history: [step, train_loss, val_nll] per validation; curve: [step, train_loss] per log step.
     state = {"step": 0, "seconds": 0.0, "wall": 0.0, "history": [], "curve": [], "acc": [0.0, 0],
              "log_acc": [0.0, 0], "stopped_by": None}
-    if out.checkpoint.exists():
-        _resume(out.checkpoint, identity, cfg, model, optimizer, scheduler, state)
+    resumed = out.checkpoint.exists() and _resume(out.checkpoint, identity, cfg, model, optimizer, scheduler, state)
+    if init and not resumed:  # a resumed fine-tune keeps its own weights
+        model.load_state_dict(init[0])
+        log.info("%s: starting from the weights of %s (step %d of its run)", family, cfg.init_from, base["step"])
     first_step = state["step"]
 
     uses_controls = bool(getattr(model, "uses_controls", False))
@@ -289,13 +377,14 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
             "format": checkpoint.FORMAT, "family": family, "config": model_cfg, "precision": "fp32",
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "step": state["step"], "rng": checkpoint.rng_state(),
-            "params": {"train": as_dict(cfg), f"models.{family}": model_cfg,
+            "params": {"train": _train_params(cfg), f"models.{family}": model_cfg,
                        **{k: v for k, v in params.items() if v is not None}},
             "codec": dict(params.get("codec") or {}),
             "history": state["history"], "curve": state["curve"], "acc": list(state["acc"]),
             "log_acc": list(state["log_acc"]), "window": window, "stopped_by": state["stopped_by"],
             **({"wall": state["wall"]} if cfg.max_seconds else {}),
             **({"release_prior": state["release_prior"]} if state.get("release_prior") else {}),
+            **({"init_from": base} if base else {}),
         })
 
     tokens_per_step = cfg.batch_size * (window + 1)
@@ -387,6 +476,8 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
     if uses_controls:
         metrics["val_nll_controls"] = round(final["val_nll_controls"], 4)
     metrics.update({f"release_prior_{k}": v for k, v in prior_figures.items()})
+    if base:
+        metrics["init_from"] = cfg.init_from
     metrics["device"] = str(device)
     timings = {"steps_this_run": state["step"] - first_step, "seconds_in_steps": round(state["seconds"], 2),
                "tokens_per_second": round((state["step"] - first_step) * tokens_per_step
@@ -409,12 +500,13 @@ def _record(state: dict, val: dict, board: _Board) -> None:
 
 
 def _resume(path: Path, identity: dict, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, state: dict) -> None:
+            scheduler: Any, state: dict) -> bool:
+    """Load `path` into the run when it was made with the same identity; False when training starts fresh."""
     ckpt = checkpoint.load(path)
     old_params = ckpt.get("params") or {}
     old_train = {k: v for k, v in (old_params.get("train") or {}).items() if k not in BUDGET_KEYS}
     old = {"family": ckpt.get("family"), f"models.{identity['family']}": ckpt.get("config"), "train": old_train,
-           **{k: old_params.get(k) for k in ("codec", "datasets")}}
+           **{k: old_params.get(k) for k in ("codec", "datasets")}, "init_from": ckpt.get("init_from")}
     if ckpt.get("precision", "fp32") != "fp32":
         diffs = [f"precision: {ckpt.get('precision')!r} (only fp32 checkpoints are trained)"]
     else:
@@ -426,7 +518,7 @@ def _resume(path: Path, identity: dict, cfg: TrainConfig, model: nn.Module, opti
                             f"train.on_mismatch: restart")
         log.warning("%s: made with other params (%s): training from scratch; it is replaced at the first save",
                     path, what)
-        return
+        return False
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
@@ -435,6 +527,7 @@ def _resume(path: Path, identity: dict, cfg: TrainConfig, model: nn.Module, opti
                  history=[list(r) for r in ckpt.get("history", [])], curve=[list(r) for r in ckpt.get("curve", [])],
                  acc=list(ckpt.get("acc", [0.0, 0])), log_acc=list(ckpt.get("log_acc", [0.0, 0])))
     log.info("%s: resuming at step %d", path, state["step"])
+    return True
 
 
 def _progress(enabled: bool, total: int, initial: int) -> Any:
@@ -464,4 +557,5 @@ def _write_outputs(out: Outputs, state: dict, metrics: dict, timings: dict) -> N
         write_json(out.timings, timings)
 
 
-__all__ = ["BUDGET_KEYS", "Outputs", "TrainConfig", "autocast", "lr_factor", "make_optimizer", "train"]
+__all__ = ["BUDGET_KEYS", "Outputs", "TrainConfig", "autocast", "load_init", "lr_factor", "make_optimizer",
+           "train"]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from amadeus.errors import UserError
-from amadeus.params import build, load_yaml
+from amadeus.params import as_dict, build, load_yaml
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -28,19 +28,20 @@ def load_params(path: str | Path = "params.yaml") -> dict:
 
 def validate(params: Mapping[str, Any], root: Path | None = None) -> None:
     """Build every section present as its stage will; a UserError names the first bad key. With the
-    workspace `root`, paths the params name are checked too (generate.input_dir)."""
+    workspace `root`, paths the params name are checked too (generate.input_dir, train.<family>.init_from)."""
     # Imported here: the gate's dependencies are not the stages' (module docstring).
     from amadeus.codec import CodecConfig
     from amadeus.models import FAMILIES, build_config
     from amadeus.pipeline.calibrate import CalibrateConfig
     from amadeus.pipeline.evaluate import EvaluateConfig
     from amadeus.pipeline.generate import GenerateConfig, check_input_dir
-    from amadeus.pipeline.paths import check_source_name
+    from amadeus.pipeline.paths import check_source_name, checkpoint
     from amadeus.pipeline.quantize import QuantizeConfig
     from amadeus.pipeline.score import ScoreConfig
     from amadeus.pipeline.train import train_config
     from amadeus.preprocess import PreprocessConfig
     from amadeus.sources import config_for
+    from amadeus.training import load_init
 
     sources = params.get("sources", {})
     if not isinstance(sources, Mapping):
@@ -64,7 +65,12 @@ def validate(params: Mapping[str, Any], root: Path | None = None) -> None:
         configs[family] = build_config(family, config)
     if "train" in params:
         for family in models or FAMILIES:
-            train_config(params["train"], family)
+            cfg = train_config(params["train"], family)
+            if root is not None and cfg.init_from is not None and family in configs:
+                # the file is read as training will read it, so a bad one stops `download` too
+                codec = build(CodecConfig, params.get("codec", {}), "codec")
+                load_init(cfg, family, as_dict(configs[family]), root=root, codec={"flavour": codec.flavour},
+                          output=checkpoint(family, root=root))
     if "generate" in params:
         generate = build(GenerateConfig, params["generate"], "generate")
         _check_model_kwargs(generate.model_kwargs, configs)

@@ -1,7 +1,8 @@
 """Stage train@<family>: dataset/processed/<datasets>/ -> save/<family>.sess, metrics, plots, TensorBoard.
 
 Reads params `train.defaults`, `train.<family>` (overrides), `models.<family>`, `codec.flavour` and
-`datasets`. Resumes save/<family>.sess when it was made with the same params (amadeus.training).
+`datasets`. Resumes save/<family>.sess when it was made with the same params (amadeus.training);
+`train.<family>.init_from` (relative to the workspace) fine-tunes from another checkpoint's weights.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ def train_config(train_params: Mapping[str, Any] | None, family: str) -> TrainCo
     defaults = train_params.get("defaults") or {}
     if not isinstance(defaults, Mapping):
         raise UserError(f"params.yaml: train.defaults: expected a mapping of train keys, got {type(defaults).__name__}")
-    build(TrainConfig, defaults, "train.defaults")  # errors name the key where it is written
+    if build(TrainConfig, defaults, "train.defaults").init_from is not None:  # errors name the key where it is written
+        # a checkpoint belongs to one family, and `dvc repro` trains every family in `models`
+        raise UserError("params.yaml: train.defaults.init_from: a checkpoint belongs to one model family; set it "
+                        "per family, e.g. train.performance_rnn.init_from")
     override = train_params.get(family) or {}
     if not isinstance(override, Mapping):
         raise UserError(f"params.yaml: train.{family}: expected a mapping of train keys")
@@ -55,7 +59,7 @@ def run(params: dict, root: Path, family: str) -> dict:
                   metrics=paths.metrics_file("train", family, root), timings=paths.timings_file("train", family, root))
     result = train(family, section(params, f"models.{family}"), cfg, load_split(folders, "train"),
                    load_split(folders, "validation"), out,
-                   params={"codec": {"flavour": flavour}, "datasets": list(datasets)})
+                   params={"codec": {"flavour": flavour}, "datasets": list(datasets)}, root=root)
     if not result["interrupted"]:
         write_json(paths.headline_file("train", family, root), headline(result))
     return result
