@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup repro test bench lint clean-outputs
+.PHONY: setup browser repro test bench lint clean-outputs
 
 setup: $(STAMP)
 
@@ -21,22 +21,26 @@ $(STAMP): pyproject.toml constraints.txt tools/setup-system.sh
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
+browser:  # Debian's chromium, for the studio's browser tests and benchmark
+	@bash tools/setup-system.sh --browser
+
 repro: setup
 	@test -d .git || git init -q
 	$(BIN)/dvc repro
 	@$(BIN)/python -m amadeus.report   # all figures: dvc metrics show; curves: dvc plots show --json
 
-test: setup
+test: setup browser
 	$(BIN)/ruff check lib stages tests bench tools
 	$(BIN)/python -m pytest
 
-bench: setup
+bench: setup browser
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/train.py --bf16
 	$(BIN)/python bench/quantize.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/perceiver_ar.py
 	$(BIN)/python bench/live.py
+	$(BIN)/python bench/studio.py
 	$(BIN)/python bench/quantize_table.py   # needs the pipeline's checkpoints (make repro)
 
 lint: setup

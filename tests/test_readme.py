@@ -39,7 +39,13 @@ def commands() -> list[str]:
 
 
 def runnable() -> list[str]:
-    return [command for command, note in command_lines() if not any(n in note for n in NEEDS_HARDWARE)]
+    return [command for command, note in command_lines()
+            if not any(n in note for n in NEEDS_HARDWARE) and not is_server(command)]
+
+
+def is_server(command: str) -> bool:
+    """`amadeus serve` runs until stopped: it is run as a server, asked for its page, and stopped."""
+    return command.startswith("amadeus serve")
 
 
 def test_the_readme_has_examples():
@@ -61,7 +67,7 @@ def test_amadeus_commands_parse(command):
 
 
 def test_all_but_the_hardware_examples_run():
-    skipped = [command for command in commands() if command not in runnable()]
+    skipped = [command for command in commands() if command not in runnable() and not is_server(command)]
     assert len(skipped) <= 2 and all(" live " in f" {c} " for c in skipped), skipped
     assert any(c.startswith("amadeus generate") for c in runnable())
     assert any("--input-file" in c for c in runnable())
@@ -79,3 +85,29 @@ def test_amadeus_commands_run(command, tmp_path, checkpoint):  # noqa: F811
     for name in written:
         path = tmp_path / name
         assert path.is_file() or any(path.glob("take-*.mid")), f"{command}: wrote no {name}"
+
+
+@pytest.mark.parametrize("command", [c for c in commands() if is_server(c)])
+def test_amadeus_serve_examples_serve_the_page(command, tmp_path, checkpoint, monkeypatch):  # noqa: F811
+    import signal
+
+    import requests
+
+    env = {**__import__("os").environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}  # --https keeps its certificate
+    argv = [*shlex.split(command)[1:], "--port", "0"]  # a free port: 8000 may be taken here
+    proc = subprocess.Popen([sys.executable, "-m", "amadeus.cli", *argv], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        lines: list[str] = []
+        while not lines or not lines[-1].startswith("amadeus studio:"):
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        url = lines[-1].split()[-1]
+        certificate = tmp_path / "config" / "amadeus" / "studio" / "studio-cert.pem"
+        page = requests.get(url, timeout=10, verify=str(certificate) if url.startswith("https") else True)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in out, out

@@ -4,6 +4,7 @@
     amadeus generate --prompt in.mid --bars 8 --full take.mid --wav take.wav
     amadeus render in.mid out.wav
     amadeus live --synth
+    amadeus serve
     amadeus import-perceiver-io path/to/hf-model-dir save/sam.sess
     amadeus report
     amadeus preprocess MIDI_DIR OUT_DIR
@@ -56,6 +57,12 @@ def _live(args: argparse.Namespace) -> None:
     run_command(args)
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from amadeus.studio.cli import run
+
+    run(args)
+
+
 def _preprocess(args: argparse.Namespace) -> None:
     from amadeus import codec
     from amadeus.fileio import write_json
@@ -77,6 +84,8 @@ EXAMPLES = {
     "report": ["amadeus report"],
     "live": ["amadeus live --synth",
              "amadeus live --input-file phrase.mid --out null --record takes/"],
+    "serve": ["amadeus serve",
+              "amadeus serve --host 0.0.0.0 --https --takes my-takes/"],
     "import-perceiver-io": ["amadeus import-perceiver-io path/to/hf-model-dir save/sam.sess"],
     "preprocess": ["amadeus preprocess my-midi/ my-data/ --workers 2"],
 }
@@ -127,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(run=_live)
+
+    p = _command(sub, "serve", "the studio: play and hear the continuation in a web browser")
+    from amadeus.studio.cli import add_arguments as add_serve_arguments
+
+    add_serve_arguments(p)
+    p.set_defaults(run=_serve)
 
     p = _command(sub, "import-perceiver-io", "convert a perceiver-io Hugging Face model dir to .sess")
     p.add_argument("src", help="folder with config.json and pytorch_model.bin (or model.safetensors)")

@@ -136,12 +136,13 @@ class TakeWriter:
 
     def __init__(self, folder: str | os.PathLike, *, source: mido.MidiFile | None = None, speed: float = 1.0,
                  wav: bool = True, png: bool = True, soundfont: str | os.PathLike | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, on_media: Callable[[Take, Path], None] | None = None):
         self.folder = check_folder(folder)
         self.source, self.speed = source, speed
         self.source_start = first_note_seconds(source) if source is not None else 0.0
         self.wav, self.png, self.soundfont = wav, png, soundfont
         self.log = log or (lambda line: None)
+        self.on_media = on_media  # called (on the writer's thread) once a take's WAV and piano roll are done
         self.saved: list[Path] = []  # MIDI files written, in order
         self.media: list[Path] = []  # WAV and PNG files written
         self.unsaved: list[Take] = []
@@ -214,6 +215,8 @@ class TakeWriter:
                     self.media.append(path.with_suffix(".png"))
                 except (OSError, UserError) as e:
                     self._tell("png", f"take {take.index + 1}: no piano roll ({e}); the MIDI file is saved")
+            if self.on_media is not None:
+                self.on_media(take, path)
 
     def _tell(self, kind: str, line: str) -> None:
         if kind not in self._media_error_told:  # one line per kind of failure, not one per take

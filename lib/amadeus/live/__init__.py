@@ -6,7 +6,7 @@
     stream     StreamDecoder: the answer's events -> timed note on/off, as codec.decode reads them
     scheduler  Scheduler: the thread that sends each message at its time
     turn       Turn: one phrase and its answer, with its latency figures; stats (percentiles)
-    session    LiveSession: listen, prime, hand over, answer, listen again
+    session    LiveSession: listen, prime, hand over, answer, listen again; Watcher: what it tells a display
     players    play a MIDI file into a session as a player would (--input-file, tests, bench)
     cli        `amadeus live`
 
@@ -22,11 +22,11 @@ from amadeus.live.phrase import FAR_SECONDS, PRIME_MARGIN, Phrase, final_prefix
 from amadeus.live.players import file_player, midi_file_messages, phrase_messages, play_phrase
 from amadeus.live.ports import MemoryBackend, MidoBackend, list_ports
 from amadeus.live.scheduler import Scheduler, Sent
-from amadeus.live.session import LiveSession
+from amadeus.live.session import LiveSession, Watcher
 from amadeus.live.stream import Codec, Note, StreamDecoder, notes_to_midi
 from amadeus.live.turn import Turn, describe_turn, stats
 
 __all__ = ["FAR_SECONDS", "PRIME_MARGIN", "Codec", "LiveConfig", "LiveSession", "MemoryBackend", "MidoBackend",
-           "Note", "Phrase", "Scheduler", "Sent", "StreamDecoder", "Turn", "add_arguments", "config_from_args",
-           "describe_turn", "file_player", "final_prefix", "list_ports", "main", "midi_file_messages",
-           "notes_to_midi", "parse_handover", "phrase_messages", "play_phrase", "run", "stats"]
+           "Note", "Phrase", "Scheduler", "Sent", "StreamDecoder", "Turn", "Watcher", "add_arguments",
+           "config_from_args", "describe_turn", "file_player", "final_prefix", "list_ports", "main",
+           "midi_file_messages", "notes_to_midi", "parse_handover", "phrase_messages", "play_phrase", "run", "stats"]

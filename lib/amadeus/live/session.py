@@ -49,6 +49,24 @@ if TYPE_CHECKING:
     from amadeus.take import TakeWriter
 
 
+class Watcher:
+    """What a session tells whoever shows it (the browser studio): called from the session's thread,
+    so each method must be quick and must not block. The base class ignores everything."""
+
+    def listening(self) -> None: ...
+
+    def answering(self, turn: Turn) -> None: ...
+
+    def planned(self, turn: Turn, due: float, msg: mido.Message) -> None:
+        """An answer message queued to sound at monotonic time `due`: known before it sounds."""
+
+    def cancelled(self, turn: Turn) -> None:
+        """The answer was stopped early: what was planned and has not sounded will not."""
+
+    def done(self, turn: Turn) -> None:
+        """The turn is over (its take, if recorded, is saved)."""
+
+
 class LiveSession:
     """One live session: connect an input port's callback to `on_message`; answers go to `out`.
 
@@ -58,11 +76,12 @@ class LiveSession:
 
     def __init__(self, model: torch.nn.Module, codec: Codec, out: OutputPort, config: LiveConfig,
                  record_dir: str | Path | None = None, log: Callable[[str], None] | None = None,
-                 recorder: TakeWriter | None = None):
+                 recorder: TakeWriter | None = None, watcher: Watcher | None = None):
         import torch
 
         self.model, self.codec, self.out, self.cfg = model, codec, out, config
         self.log = log or (lambda line: None)
+        self.watcher = watcher or Watcher()
         if recorder is None and record_dir is not None:
             from amadeus.take import TakeWriter
 
@@ -81,6 +100,8 @@ class LiveSession:
         self.scheduler = Scheduler(out, config.channel, config.drop_late)
         self.listening = threading.Event()  # set while waiting for a phrase (file players wait on it)
         self._handover_at: float | None = None  # set by the input callback when the hand-over pedal is pressed
+        self._again, self._again_at = False, 0.0  # answer the last phrase again (answer_again), asked then
+        self.last: tuple[Phrase, float] | None = None  # the last phrase answered, and its hand-over moment
         self._reset_warm()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -125,10 +146,10 @@ class LiveSession:
             with torch.inference_mode():
                 self._warm_up()
                 while not self.stopped.is_set():
-                    handover, phrase = self._listen()
+                    handover, phrase, asked = self._listen()
                     if phrase is None:
                         break
-                    self._answer(handover, phrase)
+                    self._answer(handover, phrase, asked)
                     if self.cfg.turns and len(self.turns) >= self.cfg.turns:
                         break
         finally:
@@ -155,9 +176,38 @@ class LiveSession:
         with self.cv:
             self.cv.notify_all()
 
-    def _listen(self) -> tuple[float, Phrase | None]:
-        """Wait for the hand-over, priming the model as the phrase grows. Returns (moment, phrase)."""
+    def hand_over(self, t: float) -> None:
+        """Hand over now (a button), as the hand-over controller does: if a phrase has been played."""
+        with self.cv:
+            if not self.responding and self.phrase.has_notes:
+                self._handover_at = t
+                self.cv.notify_all()
+
+    def stop_answer(self) -> None:
+        """End the answer now (the player vetoes it); the session listens again."""
+        with self.cv:
+            if self.responding:
+                self.interrupt.set()
+                self.cv.notify_all()
+
+    def answer_again(self) -> None:
+        """Answer the last phrase again: another draw of the sampler, the phrase unchanged.
+        Stops the answer in progress first; nothing happens before a first answer."""
+        with self.cv:
+            if self.last is None:
+                return
+            self._again, self._again_at = True, time.monotonic()
+            if self.responding:
+                self.interrupt.set()
+            self.cv.notify_all()
+
+    def _listen(self) -> tuple[float, Phrase | None, float]:
+        """Wait for the hand-over, priming the model as the phrase grows.
+
+        Returns (the phrase's hand-over moment, the phrase, when the answer was asked for): the two
+        moments differ only when the last phrase is answered again."""
         self.listening.set()
+        self.watcher.listening()
         primed_version = -1
         next_prime = 0.0
         prime_again: float | None = None  # when the last pass's unfed events become final
@@ -165,7 +215,16 @@ class LiveSession:
         while True:
             with self.cv:
                 if self.stopped.is_set():
-                    return 0.0, None
+                    return 0.0, None, 0.0
+                if self._again and self.last is not None and not self.phrase.has_notes:
+                    self._again = False
+                    self._reset_warm()  # the state holds the last answer: the phrase is fed again
+                    self.responding = True
+                    self.interrupt.clear()
+                    self.listening.clear()
+                    phrase, handover = self.last
+                    return handover, phrase.copy(), self._again_at
+                self._again = False  # the player has started a new phrase: that one is answered
                 now = time.monotonic()
                 deadline = None
                 hint = None
@@ -185,7 +244,7 @@ class LiveSession:
                     self.responding = True
                     self.interrupt.clear()
                     self.listening.clear()
-                    return deadline, phrase
+                    return deadline, phrase, deadline
                 want_prime = self.cfg.warm and self.phrase.has_notes and (
                     self.version != primed_version or prime_again is not None)
                 timeout = 0.5
@@ -296,11 +355,14 @@ class LiveSession:
                                             decoder_max_note_seconds=self.codec.max_note_seconds,
                                             release_prior=getattr(self.model, "release_prior", None))
 
-    def _answer(self, handover: float, phrase: Phrase) -> None:
+    def _answer(self, handover: float, phrase: Phrase, asked: float) -> None:
         import torch
 
-        turn = Turn(len(self.turns), handover, phrase, woke=time.monotonic())
+        turn = Turn(len(self.turns), handover, phrase, woke=time.monotonic(),
+                    asked=None if asked == handover else asked)
         self.turns.append(turn)
+        self.last = (phrase, handover)
+        self.watcher.answering(turn)
         try:
             self._prompt(turn)
             self._start_performance(turn.prompt_ids)
@@ -334,7 +396,9 @@ class LiveSession:
                     msg = (mido.Message("note_on", channel=self.cfg.channel, note=n.pitch, velocity=n.velocity)
                            if n.kind == "on" else
                            mido.Message("note_off", channel=self.cfg.channel, note=n.pitch, velocity=0))
-                    self.scheduler.put(turn.origin + (first + rel) * STEP_SECONDS, msg, turn.index)
+                    due = turn.origin + (first + rel) * STEP_SECONDS
+                    self.scheduler.put(due, msg, turn.index)
+                    self.watcher.planned(turn, due, msg)
                 if end:
                     break
                 self.logits, self.state = self.model.step(torch.tensor([tok], dtype=torch.long), self.state)
@@ -355,12 +419,14 @@ class LiveSession:
             turn.interrupted = self.interrupt.is_set()
             if turn.interrupted:
                 self.scheduler.flush()
+                self.watcher.cancelled(turn)
             turn.ended = time.monotonic()
             turn.first_note_sent = self.scheduler.first_note.get(turn.index)
             self._reset_warm()
             self.log(describe_turn(turn))
             if self.recorder is not None:
                 self._record(turn)  # before the player is let in again: the take is on disk first
+            self.watcher.done(turn)
             with self.cv:
                 self.responding = False
                 self.cv.notify_all()

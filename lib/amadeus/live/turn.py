@@ -38,10 +38,14 @@ class Turn:
     first_tokens: int = 0  # events sampled until the first note-on could be released (its step complete)
     generated: float | None = None  # the producer sampled its last event (the answer may still be playing)
     ended: float | None = None  # the answer was over: played out, interrupted or stopped
+    asked: float | None = None  # when the answer was asked for, if not at the hand-over (answered again)
 
     @property
     def latency(self) -> float | None:
-        return None if self.first_note_sent is None else self.first_note_sent - self.handover
+        """Seconds from the hand-over (or the request to answer again) to the first answer note-on."""
+        if self.first_note_sent is None:
+            return None
+        return self.first_note_sent - (self.asked if self.asked is not None else self.handover)
 
 
 def describe_turn(turn: Turn) -> str:
