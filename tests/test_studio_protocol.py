@@ -343,3 +343,26 @@ def test_serve_prints_its_address_and_stops_on_sigterm(tmp_path):
     assert proc.returncode == 0, out
     assert "Traceback" not in out
     assert Path(tmp_path / "takes").is_dir()
+
+
+def test_a_new_model_is_a_new_session_and_no_take_is_overwritten(studio):
+    async def body(http, url):
+        page, first = await open_page(http, url, silence_ms=200, seconds=20.0)
+        await page.phrase()
+        await page.until("notes", turn=0)
+        await page.send(type="settings", settings={"model": "performance_rnn", "seconds": 1.0})
+        cancelled = await page.until("cancel", turn=0)  # the running answer stops with its session
+        second = await page.until("ready")
+        await page.until("settings")
+        await page.phrase((55, 59, 62))
+        await page.until("answering", turn=0)
+        await page.until("done", turn=0)
+        return first, cancelled, second, page.heard
+
+    first, cancelled, second, heard = run(studio, body)
+    assert second["session"] != first["session"] and second["settings"]["model"] == "performance_rnn"
+    order = [m["type"] for m in heard]
+    last_ready = len(order) - 1 - order[::-1].index("ready")
+    assert order.index("cancel") < last_ready  # the page hears the old session end first
+    takes = sorted(studio.takes.glob("*/take-001.mid"))
+    assert len(takes) == 2 and takes[0].parent != takes[1].parent  # one folder per session

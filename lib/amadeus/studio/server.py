@@ -139,9 +139,7 @@ async def socket(request: web.Request) -> web.WebSocketResponse:
         except UserError as e:
             await ws.send_json({"type": "error", "message": str(e)})
             return ws
-        await ws.send_json({"type": "ready", "session": tab.id, "models": studio.shelf.catalogue(),
-                            "settings": dataclasses.asdict(tab.settings)})
-        pump = asyncio.create_task(_pump(outbox, ws))
+        pump = asyncio.create_task(_pump(outbox, ws))  # "ready" first: the session said it as it started
         studio.log(f"tab {tab.id}: connected ({studio.active} of {studio.max_sessions})")
         async for message in ws:
             if message.type == WSMsgType.TEXT:

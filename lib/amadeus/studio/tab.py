@@ -97,9 +97,9 @@ class TabSession:
                  log: Callable[[str], None] | None = None):
         self.shelf, self.emit, self.soundfont = shelf, emit, soundfont
         self.log = log or (lambda line: None)
-        self.id = secrets.token_hex(3)
+        self.id = ""  # one per live session: a new model starts a new session, with its own takes folder
         self.takes_root = takes
-        self.folder = takes / f"{time.strftime('%Y%m%d-%H%M%S')}-{self.id}"
+        self.folder = takes
         self.settings = StudioSettings(model=shelf.default)
         self.clock = Clock()
         self.session: LiveSession | None = None
@@ -134,12 +134,18 @@ class TabSession:
 
         loaded = self.shelf.load(settings.model or self.shelf.default)
         settings.model = settings.model or self.shelf.default
+        # A new id and folder: the new session counts its turns (take-001 ...) from the start again.
+        self.id = secrets.token_hex(3)
+        self.folder = self.takes_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{self.id}"
         recorder = TakeWriter(self.folder, soundfont=self.soundfont, log=self._log_line, on_media=self._media)
         session = LiveSession(loaded.model, Codec(loaded.flavour), MemoryOutput(), settings.live_config(),
                               recorder=recorder, log=self._log_line, watcher=PageWatcher(self))
         session.scheduler.log = type(session.scheduler.log)(maxlen=20_000)  # a long evening stays small
         thread = threading.Thread(target=self._run, args=(session,), name=f"amadeus-studio-{self.id}", daemon=True)
         self.session, self.thread, self.settings = session, thread, settings
+        # Through the same queue as everything the last session said, so the page hears them in order.
+        self.emit({"type": "ready", "session": self.id, "models": self.shelf.catalogue(),
+                   "settings": dataclasses.asdict(settings)})
         thread.start()
 
     def _run(self, session: LiveSession) -> None:

@@ -740,8 +740,9 @@ function connect() {
 
 function handleMessage(msg) {
   switch (msg.type) {
-    case "ready":
+    case "ready":  // also after a change of model: a new session, whose turns count from 0 again
       session = msg.session ?? "";
+      turns.clear();
       fillModels(msg.models ?? []);
       applySettings(msg.settings ?? {});
       gotReady = true;
