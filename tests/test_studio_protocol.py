@@ -55,6 +55,7 @@ class Page:
 
     def __init__(self, ws):
         self.ws, self.t0, self.heard = ws, time.monotonic(), []
+        self.unread = []  # heard while waiting for something else: a later `until` may want it
 
     def now(self) -> float:
         return (time.monotonic() - self.t0) * 1000.0
@@ -75,7 +76,17 @@ class Page:
             await self.release(p)
 
     async def until(self, kind, timeout=20.0, **match):
-        """The next message of `kind` (matching `match`), keeping everything heard on the way."""
+        """The first unread message of `kind` (matching `match`): messages arrive in the order the server
+        sends them, which need not be the order a test asks for them (a "listening" may come before the
+        reply to a settings message)."""
+
+        def wanted(message):
+            return message["type"] == kind and all(message.get(k) == v for k, v in match.items())
+
+        for message in self.unread:
+            if wanted(message):
+                self.unread.remove(message)
+                return message
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -84,8 +95,9 @@ class Page:
             assert msg.type == WSMsgType.TEXT, msg
             message = json.loads(msg.data)
             self.heard.append(message)
-            if message["type"] == kind and all(message.get(k) == v for k, v in match.items()):
+            if wanted(message):
                 return message
+            self.unread.append(message)
 
 
 async def open_page(http, url, **settings):
