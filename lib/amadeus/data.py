@@ -4,6 +4,11 @@ A `.data` file is a NumPy `.npy` array of uint16 event ids (no pickle: `np.load(
 reads it), one per MIDI piece, in `dataset/processed/<source>/`. `manifest.json` in the same folder
 lists every piece (source file, its sha256, split, events, notes, seconds), the skipped files with
 their reasons, and the codec settings the ids were made with.
+
+`load_split` returns a `MappedSplit`: the pieces stay on disk and are memory-mapped when indexed
+(`np.load(mmap_mode="r")`), so a split of any size costs only its index (paths and lengths) plus the
+pages a reader touches. A map holds an open file, so at most `MappedSplit.MAX_OPEN` maps are kept
+open (least recently used closed first; ulimit -n is often 1024 and a corpus may hold 10,000 pieces).
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,14 +49,86 @@ def save_events(path: str | os.PathLike, ids: np.ndarray, *, atomic: bool = True
         Path(path).write_bytes(buf.getvalue())
 
 
-def load_events(path: str | os.PathLike) -> np.ndarray:
+def load_events(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
+    """A .data file's ids: read whole, or memory-mapped (read-only, pages read when touched)."""
     try:
-        ids = np.load(path, allow_pickle=False)
+        ids = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable .data file ({e}); rerun the preprocess stage") from None
     if ids.dtype != np.uint16 or ids.ndim != 1:
         raise UserError(f"{path}: expected a 1-D uint16 array, got {ids.dtype} {ids.shape}")
     return ids
+
+
+def _events_in(path: Path) -> int:
+    """A .data file's length from its .npy header alone (nothing mapped, no file left open)."""
+    try:
+        with open(path, "rb") as f:
+            fmt = np.lib.format
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable .data file ({e}); rerun the preprocess stage") from None
+    if dtype != np.uint16 or len(shape) != 1:
+        raise UserError(f"{path}: expected a 1-D uint16 array, got {dtype} {shape}")
+    return int(shape[0])
+
+
+class MappedSplit(Sequence[np.ndarray]):
+    """The pieces of a split as a sequence of read-only memory maps, opened on demand.
+
+    Holds only the paths and the lengths; `split[i]` maps piece i (an `np.memmap`, uint16) and keeps
+    the map in a small LRU, so drawing windows reads only their pages. A caller that keeps a map keeps
+    its file open: iterate, or index one piece at a time, rather than listing them all.
+    """
+
+    MAX_OPEN = 64  # open maps (each holds a file descriptor) kept for reuse
+
+    def __init__(self, paths: Sequence[str | os.PathLike]):
+        self.paths = [Path(p) for p in paths]
+        self.lengths = np.array([_events_in(p) for p in self.paths], dtype=np.int64)
+        self._open: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        i = range(len(self))[i]  # negative indexes, IndexError
+        ids = self._open.pop(i, None)
+        if ids is None:
+            ids = load_events(self.paths[i], mmap=True)
+            if len(self._open) >= self.MAX_OPEN:
+                self._open.popitem(last=False)
+        self._open[i] = ids
+        return ids
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(len(self)))
+
+    def select(self, indexes: Iterable[int]) -> MappedSplit:
+        """The pieces at `indexes`, in that order, as another mapped split."""
+        out = MappedSplit.__new__(MappedSplit)
+        indexes = list(indexes)
+        out.paths = [self.paths[i] for i in indexes]
+        out.lengths = self.lengths[np.asarray(indexes, dtype=np.int64)] if indexes else np.zeros(0, np.int64)
+        out._open = OrderedDict()
+        return out
+
+
+def piece_lengths(pieces: Sequence[np.ndarray]) -> np.ndarray:
+    """Events per piece, without mapping a MappedSplit's files."""
+    if isinstance(pieces, MappedSplit):
+        return pieces.lengths
+    return np.array([len(p) for p in pieces], dtype=np.int64)
+
+
+def nonempty(pieces: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+    """The pieces with at least one event, lazily for a MappedSplit."""
+    keep = np.flatnonzero(piece_lengths(pieces))
+    return pieces.select(keep) if isinstance(pieces, MappedSplit) else [pieces[i] for i in keep]
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:
@@ -60,18 +138,21 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
-def load_split(folders: str | os.PathLike | Sequence[str | os.PathLike], split: str) -> list[np.ndarray]:
-    """Event arrays of one split over one or more processed folders, in manifest order."""
+def load_split(folders: str | os.PathLike | Sequence[str | os.PathLike], split: str) -> MappedSplit:
+    """The pieces of one split over one or more processed folders, in manifest order, memory-mapped.
+
+    Only the index is read now (each file's .npy header); the events are read when a piece is used.
+    """
     if split not in SPLITS:
         raise UserError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     if isinstance(folders, (str, os.PathLike)):
         folders = [folders]
-    arrays = []
+    files = []
     for folder in folders:
         for piece in read_manifest(folder)["pieces"]:
             if piece["split"] == split:
-                arrays.append(load_events(Path(folder) / piece["file"]))
-    return arrays
+                files.append(Path(folder) / piece["file"])
+    return MappedSplit(files)
 
 
 def split_pieces(names: Sequence[str], fractions: Sequence[float], seed: int) -> dict[str, str]:

@@ -13,16 +13,24 @@ Augmentation, per window:
   Magenta's pipeline stretches performances (docs/performance-rnn.md#magenta-performance-rnn).
 Control features (`amadeus.controls`) are computed after augmentation, from the window's own events
 and the events that follow it in the (augmented) piece.
+
+Memory: the pieces may be memory-maps (`amadeus.data.MappedSplit`). Sampling keeps only a
+`PieceIndex` (lengths, pitch range, and the absolute time every `CLOCK_EVERY` events) and builds each
+window from a slice of its piece copied when the window is drawn, extended until it holds everything
+the window needs (the events of a stretched window, the 2 s its controls look ahead), so the draws
+are exactly those of the whole piece in memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from amadeus.controls import WINDOW_STEPS, controls_for, piece_controls
+from amadeus.data import piece_lengths
 from amadeus.vocab import MAX_SHIFT_STEPS, NUM_PITCHES, SHIFT_1S, TIME_SHIFT, VOCAB_SIZE, event_times, shift_steps
 
 PIANO_LOW, PIANO_HIGH = 21, 108
@@ -41,10 +49,11 @@ class Piece:
     pitch_high: int
 
     @classmethod
-    def of(cls, ids: np.ndarray) -> Piece:
+    def of(cls, ids: np.ndarray, start_time: int = 0) -> Piece:
+        """The piece of `ids`; `start_time` is the time of the first one (for a slice of a piece)."""
         ids = np.asarray(ids, dtype=np.int64)
         steps = shift_steps(ids)
-        times = event_times(ids)
+        times = event_times(ids) + start_time
         ns_idx = np.flatnonzero(steps == 0)
         notes = ids[ids < TIME_SHIFT] % NUM_PITCHES
         low, high = (int(notes.min()), int(notes.max())) if len(notes) else (PIANO_LOW, PIANO_HIGH)
@@ -53,8 +62,12 @@ class Piece:
 
     def transpositions(self, limit: int) -> tuple[int, int]:
         """The allowed range of semitone shifts, at most `limit` each way, keeping 21..108."""
-        lo, hi = max(-limit, PIANO_LOW - self.pitch_low), min(limit, PIANO_HIGH - self.pitch_high)
-        return (lo, hi) if lo <= hi else (0, 0)
+        return _transpositions(self.pitch_low, self.pitch_high, limit)
+
+
+def _transpositions(low: int, high: int, limit: int) -> tuple[int, int]:
+    lo, hi = max(-limit, PIANO_LOW - low), min(limit, PIANO_HIGH - high)
+    return (lo, hi) if lo <= hi else (0, 0)
 
 
 def _shift_tokens(ev_ids: np.ndarray, ev_times: np.ndarray, t0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -124,16 +137,101 @@ def make_window(piece: Piece, start: int, length: int, transpose: int = 0, stret
     return tok, controls_for(times, ordinals, ev_times, ev_ids)
 
 
-class WindowSampler:
-    """Random training batches: windows of `window + 1` events, augmented, reproducible by step."""
+CLOCK_EVERY = 1024  # events between the absolute times a PieceIndex keeps (8 bytes per 1024 events)
+_CHUNK = 64 * CLOCK_EVERY  # events read at a time while indexing
 
-    def __init__(self, arrays: list[np.ndarray], window: int, stride: int, *, transpose: int = 0,
+
+class PieceIndex:
+    """The pieces at least `min_length` long, indexed without holding their events.
+
+    Per piece: its length, its pitch range (transposition limits are the whole piece's) and its
+    absolute time every CLOCK_EVERY events (a window's times are absolute: stretching rounds them).
+    `window()` copies only the slice of the piece the window needs.
+    """
+
+    def __init__(self, arrays: Sequence[np.ndarray], min_length: int):
+        self.arrays = arrays
+        lengths = piece_lengths(arrays)
+        self.pieces = np.flatnonzero(lengths >= min_length)  # positions in `arrays`
+        self.lengths = lengths[self.pieces]
+        self.pitch = np.zeros((len(self.pieces), 2), dtype=np.int64)
+        self.clock: list[np.ndarray] = []
+        for j, i in enumerate(self.pieces):
+            self.pitch[j], clock = _scan(arrays[int(i)])
+            self.clock.append(clock)
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def transpositions(self, j: int, limit: int) -> tuple[int, int]:
+        return _transpositions(int(self.pitch[j, 0]), int(self.pitch[j, 1]), limit)
+
+    def piece(self, j: int, start: int, count: int) -> Piece:
+        """Events start..start+count of piece j, with their absolute times (pitch range not set)."""
+        ids = self.arrays[int(self.pieces[j])]
+        k = start // CLOCK_EVERY
+        t0 = int(self.clock[j][k]) + int(shift_steps(ids[k * CLOCK_EVERY:start]).sum())
+        return Piece.of(ids[start:start + count], t0)
+
+    def window(self, j: int, start: int, length: int, transpose: int = 0, stretch: float = 1.0,
+               controls: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """make_window on piece j, unstretched where stretching runs past the piece's end."""
+        total = int(self.lengths[j])
+        count = min(total - start, 4 * length + 256)  # usually enough: doubled until it is
+        while True:
+            part = self.piece(j, start, count)
+            if start + count == total or _covers(part, length, stretch, controls):
+                made = make_window(part, 0, length, transpose, stretch, controls)
+                if made is None:  # stretched past the end of the piece: this window unstretched
+                    made = make_window(part, 0, length, transpose, 1.0, controls)
+                return made
+            count = min(total - start, 2 * count)
+
+
+def _scan(ids: np.ndarray) -> tuple[tuple[int, int], np.ndarray]:
+    """A piece's pitch range and its time at events 0, CLOCK_EVERY, 2 * CLOCK_EVERY, ..., read in chunks."""
+    low, high, now, clock = NUM_PITCHES, -1, 0, []
+    for c in range(0, len(ids), _CHUNK):
+        chunk = np.asarray(ids[c:c + _CHUNK], dtype=np.int64)
+        notes = chunk[chunk < TIME_SHIFT] % NUM_PITCHES
+        if len(notes):
+            low, high = min(low, int(notes.min())), max(high, int(notes.max()))
+        times = event_times(chunk) + now
+        clock.append(times[::CLOCK_EVERY])
+        now = int(times[-1] + shift_steps(chunk[-1:])[0])
+    pitch = (low, high) if high >= 0 else (PIANO_LOW, PIANO_HIGH)
+    return pitch, np.concatenate(clock) if clock else np.zeros(1, dtype=np.int64)
+
+
+def _covers(part: Piece, length: int, stretch: float, controls: bool) -> bool:
+    """Whether a slice that stops before its piece's end gives the window the whole piece gives.
+
+    It must hold more than `length` non-shift events (so make_window neither runs out of events nor
+    takes the slice's end for the piece's), and with controls an event at or after the 2 s horizon of
+    the window's last token (bounded here by the time of the window's last possible event).
+    """
+    if len(part.ns_idx) <= length:
+        return False
+    if not controls:
+        return True
+    last = int(part.times[length - 1]) if stretch == 1.0 else int(np.rint(part.ns_time[length - 1] * stretch))
+    horizon = int(np.ceil((last + WINDOW_STEPS + 0.5) / stretch))  # make_window's, at a later or equal time
+    return int(part.ns_time[-1]) >= horizon
+
+
+class WindowSampler:
+    """Random training batches: windows of `window + 1` events, augmented, reproducible by step.
+
+    `arrays` may be memory-maps: only a PieceIndex is kept, and each drawn window's slice is read.
+    """
+
+    def __init__(self, arrays: Sequence[np.ndarray], window: int, stride: int, *, transpose: int = 0,
                  stretch: float = 0.0, controls: bool = False, seed: int = 0):
         self.length = window + 1
         self.stride, self.transpose, self.stretch = stride, transpose, stretch
         self.controls, self.seed = controls, seed
-        self.pieces = [Piece.of(a) for a in arrays if len(a) >= self.length]
-        counts = np.array([(len(p.ids) - self.length) // stride + 1 for p in self.pieces], dtype=np.int64)
+        self.index = PieceIndex(arrays, self.length)
+        counts = (self.index.lengths - self.length) // stride + 1
         self.bounds = np.cumsum(counts)
         self.n_windows = int(self.bounds[-1]) if len(counts) else 0
 
@@ -145,55 +243,65 @@ class WindowSampler:
         ids, ctrl = [], []
         for k in rng.integers(0, self.n_windows, size=batch_size):
             i = int(np.searchsorted(self.bounds, k, side="right"))
-            piece = self.pieces[i]
             start = int(k - (self.bounds[i - 1] if i else 0)) * self.stride
-            lo, hi = piece.transpositions(self.transpose)
+            lo, hi = self.index.transpositions(i, self.transpose)
             shift = int(rng.integers(lo, hi + 1))
             factor = float(rng.uniform(1 - self.stretch, 1 + self.stretch)) if self.stretch > 0 else 1.0
-            made = make_window(piece, start, self.length, shift, factor, self.controls)
-            if made is None:  # stretched past the end of the piece: this window unstretched
-                made = make_window(piece, start, self.length, shift, 1.0, self.controls)
+            made = self.index.window(i, start, self.length, shift, factor, self.controls)
             ids.append(made[0])
             ctrl.append(made[1])
         return _tensors(ids, ctrl if self.controls else None)
 
 
-def evenly_spaced_windows(arrays: list[np.ndarray], window: int, max_windows: int,
+def evenly_spaced_windows(arrays: Sequence[np.ndarray], window: int, max_windows: int,
                           controls: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Validation windows: non-overlapping, in order, evenly thinned to at most `max_windows`.
 
     ids [N, window+1] (and controls [N, window+1, 24] if asked); N = 0 when no piece is long enough.
+    Only the chosen windows are read (`arrays` may be memory-maps).
     """
     length = window + 1
-    places = [(p, s) for p in (Piece.of(a) for a in arrays if len(a) >= length)
-              for s in range(0, len(p.ids) - length + 1, length)]
-    if len(places) > max_windows:
-        places = [places[i] for i in np.linspace(0, len(places) - 1, max_windows).round().astype(int)]
-    made = [make_window(p, s, length, controls=controls) for p, s in places]
+    index = PieceIndex(arrays, length)
+    bounds = np.cumsum((index.lengths - length) // length + 1)  # windows at 0, length, 2 * length, ...
+    total = int(bounds[-1]) if len(bounds) else 0
+    chosen = np.arange(total)
+    if total > max_windows:
+        chosen = np.linspace(0, total - 1, max_windows).round().astype(int)
+    made = []
+    for g in chosen:
+        j = int(np.searchsorted(bounds, g, side="right"))
+        start = int(g - (bounds[j - 1] if j else 0)) * length
+        made.append(index.window(j, start, length, controls=controls))
     return _tensors([m[0] for m in made], [m[1] for m in made] if controls else None)
 
 
-def random_windows(arrays: list[np.ndarray], count: int, window: int, seed: int,
+def random_windows(arrays: Sequence[np.ndarray], count: int, window: int, seed: int,
                    controls: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`count` seeded random windows: each a uniformly chosen piece (long enough) and start.
 
     ids [count, window+1] (and controls [count, window+1, 24] if asked); the same arguments always
     give the same windows, and the first k of `count` windows are those of `count = k`. N = 0 when no
-    piece is long enough.
+    piece is long enough. Only the drawn windows are read, and controls only for the drawn pieces.
     """
-    usable = [a for a in arrays if len(a) >= window + 1]
-    if not usable:
+    lengths = piece_lengths(arrays)
+    usable = np.flatnonzero(lengths >= window + 1)
+    if not len(usable):
         return _tensors([], None)
-    ctrl = [piece_controls(a) for a in usable] if controls else None
     rng = np.random.default_rng(seed)
-    ids, cs = [], []
+    draws = []
     for _ in range(count):
-        k = int(rng.integers(len(usable)))
-        s = int(rng.integers(len(usable[k]) - window))
-        ids.append(usable[k][s:s + window + 1].astype(np.int64))
-        if ctrl is not None:
-            cs.append(ctrl[k][s:s + window + 1])
-    out_ids, out_ctrl = _tensors(ids, cs if ctrl is not None else None)
+        k = int(usable[int(rng.integers(len(usable)))])
+        draws.append((k, int(rng.integers(int(lengths[k]) - window))))
+    ids = [np.asarray(arrays[k][s:s + window + 1], dtype=np.int64) for k, s in draws]
+    if not controls:
+        return _tensors(ids, None)
+    cs: list[np.ndarray | None] = [None] * count
+    for k in dict.fromkeys(k for k, _ in draws):  # each drawn piece's controls once, one piece at a time
+        ctrl = piece_controls(arrays[k])
+        for n, (k2, s) in enumerate(draws):
+            if k2 == k:
+                cs[n] = ctrl[s:s + window + 1]
+    out_ids, out_ctrl = _tensors(ids, cs)
     return out_ids, out_ctrl.float() if out_ctrl is not None else None
 
 
@@ -205,7 +313,7 @@ def _tensors(ids: list[np.ndarray], ctrl: list[np.ndarray] | None) -> tuple[torc
     return out_ids, out_ctrl
 
 
-def token_counts(arrays: list[np.ndarray]) -> np.ndarray:
+def token_counts(arrays: Sequence[np.ndarray]) -> np.ndarray:
     """How often each of the 388 ids occurs."""
     counts = np.zeros(VOCAB_SIZE, dtype=np.int64)
     for a in arrays:
@@ -213,12 +321,12 @@ def token_counts(arrays: list[np.ndarray]) -> np.ndarray:
     return counts
 
 
-def unigram_nll(train: list[np.ndarray], targets: torch.Tensor) -> float:
+def unigram_nll(train: Sequence[np.ndarray], targets: torch.Tensor) -> float:
     """NLL (nats/event) of `targets` under the train split's add-one-smoothed id frequencies."""
     counts = token_counts(train) + 1
     logp = np.log(counts / counts.sum())
     return float(-logp[targets.reshape(-1).numpy()].mean())
 
 
-__all__ = ["Piece", "WindowSampler", "evenly_spaced_windows", "make_window", "random_windows", "stretch_events",
-           "token_counts", "unigram_nll"]
+__all__ = ["Piece", "PieceIndex", "WindowSampler", "evenly_spaced_windows", "make_window", "random_windows",
+           "stretch_events", "token_counts", "unigram_nll"]

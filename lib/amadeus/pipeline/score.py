@@ -18,6 +18,7 @@ temperature reruns generate and evaluate, never this.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def _rounded(x: float) -> float | None:
 
 
 @torch.no_grad()
-def score_checkpoint(path: Path, splits: dict[str, list[np.ndarray]], data_flavour: str, config: ScoreConfig,
+def score_checkpoint(path: Path, splits: dict[str, Sequence[np.ndarray]], data_flavour: str, config: ScoreConfig,
                      device: torch.device) -> dict:
     """Per split: the windowed NLL and the teacher-forced figures of one checkpoint."""
     model, ckpt = load_model(path, device)
@@ -129,8 +130,8 @@ def score_checkpoint(path: Path, splits: dict[str, list[np.ndarray]], data_flavo
     for split, pieces in splits.items():
         if model_flavour != data_flavour:  # e.g. an imported perceiver-io checkpoint on magenta data
             pieces = [codec.encode(codec.decode(p, flavour=data_flavour), flavour=model_flavour) for p in pieces]
-        pieces = [np.asarray(p, dtype=np.int64) for p in pieces if len(p)]
-        if not pieces:
+        pieces = data.nonempty(pieces)  # still memory-maps: each piece is read when it is scored
+        if not len(pieces):
             out[split] = {"note": f"no {split} pieces"}
             continue
         windows, controls = evenly_spaced_windows(pieces, window, config.nll_max_windows,
@@ -139,7 +140,7 @@ def score_checkpoint(path: Path, splits: dict[str, list[np.ndarray]], data_flavo
                        if len(windows) else None, "nll_window": window, "nll_windows": int(len(windows))}
         parts, scored = [], []
         for ids in pieces:
-            ids = ids[:config.events_per_piece] if config.events_per_piece else ids
+            ids = np.asarray(ids[:config.events_per_piece] if config.events_per_piece else ids, dtype=np.int64)
             logits = model.score(torch.as_tensor(ids, device=device)).float()
             parts.append(event_terms(logits.log_softmax(-1).cpu().numpy(), ids, prior))
             scored.append(ids)
