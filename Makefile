@@ -35,6 +35,7 @@ test: setup browser
 
 bench: setup browser
 	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/corpus.py
 	$(BIN)/python bench/train.py --bf16
 	$(BIN)/python bench/quantize.py
 	$(BIN)/python bench/generate.py
