@@ -14,6 +14,8 @@ The train stage (amadeus.pipeline.train) builds the config from params.yaml and 
   metrics and in the checkpoint (else `max_steps`, or `interrupted` for a signal or `on_step`).
 - The checkpoint and the metrics are functions of the data and params only (no wall time, so the same
   params give the same bytes on a slower machine); timings (seconds, tokens/s) go to `Outputs.timings`.
+- Under torchrun (amadeus.distributed, docs/distributed.md): DDP, `batch_size` the global batch split
+  among the ranks, rank 0 validates and writes, stops and the time cap decided by all ranks together.
 - Saves the `.sess` atomically every `save_every_seconds`, at the end, and on SIGINT/SIGTERM; a rerun
   resumes from it and (on CPU) ends with exactly the weights of an uninterrupted run.
 - Resuming is refused for a checkpoint made with other model config, codec, datasets or data/optimiser
@@ -49,13 +51,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from amadeus import checkpoint, release_prior
+from amadeus import checkpoint, distributed, release_prior
 from amadeus.errors import UserError
 from amadeus.fileio import atomic_open, write_json
 from amadeus.hardware import resolve_device
 from amadeus.models import build_config, build_model, parameter_count
 from amadeus.nll import mean_nll
-from amadeus.params import as_dict, knob, seed_knob
+from amadeus.params import Invalid, as_dict, knob, seed_knob
 from amadeus.windows import WindowSampler, evenly_spaced_windows, unigram_nll
 
 log = logging.getLogger("amadeus.train")
@@ -70,6 +72,8 @@ class TrainConfig:
                               help="auto: bf16 autocast on CPUs with native bf16 (AVX512-BF16 or AMX)")
     cuda_bf16: bool = knob(True, help="bf16 autocast on CUDA")
     threads: int = knob(2, min=0, help="torch CPU threads, pinned (sums reproducible); 0 = torch's default")
+    nproc: int = knob(1, min=1, help="processes (one per GPU) the train stage starts under torchrun; "
+                      "batch_size is the global batch and must divide by it (docs/distributed.md)")
     seed: int = seed_knob(0)
     window: int | None = knob(200, min=1, help="events per window; null = the model's context_length")
     stride: int = knob(10, min=1, help="window starts are multiples of this")
@@ -98,9 +102,15 @@ class TrainConfig:
                                  "training starts from, with a fresh optimizer and step count; relative "
                                  "to the workspace; null = fresh weights")
 
+    def check(self) -> None:
+        if self.batch_size % self.nproc:
+            raise Invalid(f"nproc: {self.nproc} does not divide batch_size {self.batch_size} (the global batch, "
+                          f"split evenly among the processes); choose a batch_size that is a multiple of it")
 
-# Keys that may change between a run and its resumption (they do not define the model or data).
-BUDGET_KEYS = ("device", "cpu_precision", "cuda_bf16", "threads", "max_steps", "max_seconds", "val_every",
+
+# Keys that may change between a run and its resumption (they do not define the model or data; nproc
+# splits the same global batch, docs/distributed.md).
+BUDGET_KEYS = ("device", "cpu_precision", "cuda_bf16", "threads", "nproc", "max_steps", "max_seconds", "val_every",
                "val_windows", "log_every", "save_every_seconds", "on_mismatch", "release_prior_events")
 
 
@@ -156,11 +166,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _train_params(cfg: TrainConfig) -> dict:
-    """The train params a checkpoint stores: init_from only when set, so that a run without it writes the
-    same bytes as before the key existed (and resumes the checkpoints made then)."""
+    """The train params a checkpoint stores: init_from only when set and nproc only above 1, so that a run
+    without them writes the same bytes as before the keys existed (and resumes the checkpoints made then)."""
     values = as_dict(cfg)
     if values["init_from"] is None:
         del values["init_from"]
+    if values["nproc"] == 1:
+        del values["nproc"]
     return values
 
 
@@ -312,17 +324,36 @@ def train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    launch = distributed.launch_from_env()  # torchrun's environment; None: the one-process loop
     try:
-        return _train(family, model_config, cfg, train_arrays, val_arrays, out, dict(params or {}), progress,
-                      on_step, Path(root))
+        device = resolve_device(cfg.device, "params.yaml: train.device")
+        if launch is not None:
+            device = distributed.device_for(device, launch.local_rank, torch.cuda.device_count())
+            distributed.check_batch(cfg.batch_size, launch.world_size, f"params.yaml: train.{family}")
+        with distributed.process_group(launch, device) as group:
+            return _train(family, model_config, cfg, train_arrays, val_arrays, out, dict(params or {}), progress,
+                          on_step, Path(root), device, group)
     finally:
         torch.set_num_threads(threads)
 
 
+class _Loss(nn.Module):
+    """`model.loss` as a forward: DDP averages the gradients of what runs through its wrapper's forward."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, ctrl: torch.Tensor | None) -> torch.Tensor:
+        return self.model.loss(ids, ctrl) if ctrl is not None else self.model.loss(ids)
+
+
 def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig, train_arrays: list[np.ndarray],
            val_arrays: list[np.ndarray], out: Outputs, params: dict, progress: bool,
-           on_step: Callable[[int, float], bool | None] | None, root: Path) -> dict:
-    device = resolve_device(cfg.device, "params.yaml: train.device")
+           on_step: Callable[[int, float], bool | None] | None, root: Path, device: torch.device,
+           group: distributed.Group | None) -> dict:
+    launch = group.launch if group is not None else None
+    main = launch is None or launch.is_main  # the one process that writes files
     config = build_config(family, model_config)
     model_cfg = as_dict(config)
     # Read before the seed is set, so a fine-tune draws exactly the random numbers a fresh run draws.
@@ -350,6 +381,12 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
         model.load_state_dict(init[0])
         log.info("%s: starting from the weights of %s (step %d of its run)", family, cfg.init_from, base["step"])
     first_step = state["step"]
+    trainer: nn.Module | None = None
+    if group is not None:
+        group.barrier()  # every rank has read the checkpoint before rank 0 may replace it
+        # After loading: DDP starts every rank from rank 0's weights (the same file's here).
+        trainer = nn.parallel.DistributedDataParallel(
+            _Loss(model), device_ids=[device.index] if device.type == "cuda" else None)
 
     uses_controls = bool(getattr(model, "uses_controls", False))
     sampler = WindowSampler(train_arrays, window, cfg.stride, transpose=cfg.transpose, stretch=cfg.stretch,
@@ -385,34 +422,56 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
             **({"wall": state["wall"]} if cfg.max_seconds else {}),
             **({"release_prior": state["release_prior"]} if state.get("release_prior") else {}),
             **({"init_from": base} if base else {}),
+            **({"processes": launch.world_size} if launch else {}),
         })
 
     tokens_per_step = cfg.batch_size * (window + 1)
-    board = _Board(out.tensorboard, purge_step=state["step"] or None)
+    board = _Board(out.tensorboard if main else None, purge_step=state["step"] or None)
     board.add("val/unigram_nll", unigram, state["step"])
     stop = _StopFlag()
-    bar = _progress(progress, cfg.max_steps, state["step"])
+    bar = _progress(progress and main, cfg.max_steps, state["step"])
+    votes = [False]  # with several ranks: whether the last vote stopped the run
+
+    def running() -> bool:
+        stopping, capped = stop.reason is not None, bool(cfg.max_seconds) and state["wall"] >= cfg.max_seconds
+        if group is not None:
+            # One rank's signal (or its clock past max_seconds) ends the run of every rank after the same step.
+            stopping, capped = group.stop_votes(stopping, capped)
+            votes[0] = stopping
+            if stopping and stop.reason is None:
+                stop.reason = "a stop on another process"
+        return state["step"] < cfg.max_steps and not capped and not stopping
+
     last_save = time.monotonic()
     model.train()
     log.info("%s: %s parameters, window %d, batch %d, %d train windows, %d validation windows, device %s%s",
              family, f"{parameter_count(model):,}", window, cfg.batch_size, sampler.n_windows, len(val_ids),
              device, " (bf16 autocast)" if not isinstance(amp(), contextlib.nullcontext) else "")
+    if launch is not None and main:
+        log.info("%s: %d processes (%s), %d windows each per step; rank 0 validates and writes", family,
+                 launch.world_size, distributed.backend_for(device), cfg.batch_size // launch.world_size)
     with _signals(stop):
-        while (state["step"] < cfg.max_steps and not (cfg.max_seconds and state["wall"] >= cfg.max_seconds)
-               and stop.reason is None):
+        while running():
             t0 = time.perf_counter()
             ids, ctrl = sampler.batch(state["step"], cfg.batch_size)
+            if launch is not None:
+                # Every rank draws the global batch and keeps its rows; dropout seeded by step and rank.
+                ids, ctrl = launch.shard(ids), launch.shard(ctrl)
+                torch.manual_seed(distributed.step_seed(cfg.seed, state["step"], launch.rank))
             ids = ids.to(device, non_blocking=True)
             ctrl = ctrl.to(device, non_blocking=True) if ctrl is not None else None
             lr = scheduler.get_last_lr()[0]
             with amp():
-                loss = model.loss(ids, ctrl) if ctrl is not None else model.loss(ids)
+                if trainer is not None:
+                    loss = trainer(ids, ctrl)
+                else:
+                    loss = model.loss(ids, ctrl) if ctrl is not None else model.loss(ids)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
             optimizer.step()
             scheduler.step()
-            value = loss.detach().item()
+            value = loss.detach().item() if group is None else group.mean(loss)  # the global batch's loss
             if not math.isfinite(value):
                 raise UserError(f"{family}: training loss became {value} at step {state['step']}; "
                                 "lower train.lr or raise train.warmup_steps")
@@ -434,19 +493,25 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
                 board.add("train/lr", lr, step)
                 board.add("train/grad_norm", float(grad_norm), step)
                 board.add("train/tokens_per_second", tokens_per_step / dt, step)
-            if step % cfg.val_every == 0:
+            if step % cfg.val_every == 0 and main:  # the others go on to the next step's all-reduce
                 _record(state, validate(), board)
             if on_step is not None and on_step(step, value):
                 stop.reason = "on_step"
             if time.monotonic() - last_save >= cfg.save_every_seconds:
-                save()
+                if main:
+                    save()
                 last_save = time.monotonic()
             state["wall"] += time.perf_counter() - t0
     bar.close()
+    if group is not None and not votes[0]:
+        stop.reason = None  # a signal after the last vote: the ranks finish together, as voted
     if stop.reason is not None:
         state["stopped_by"] = "interrupted"
-        save()
+        if main:
+            save()
         board.close()
+        if group is not None:
+            group.barrier()  # the others wait for the save: torchrun stops every worker once one exits non-zero
         log.warning("%s: stopped by %s at step %d; checkpoint saved to %s (rerun to resume)",
                     family, stop.reason, state["step"], out.checkpoint)
         return {"interrupted": True, "steps": state["step"], "stopped_by": "interrupted"}
@@ -455,6 +520,8 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
         log.warning("%s: STOPPED BY THE TIME CAP train.max_seconds=%g at step %d of %d: this result depends "
                     "on the machine's speed (set max_seconds: 0 to end by max_steps)", family, cfg.max_seconds,
                     state["step"], cfg.max_steps)
+    if not main:  # rank 0 validates, fits the release prior and writes the outputs
+        return {"steps": state["step"], "stopped_by": state["stopped_by"], "interrupted": False, "rank": launch.rank}
     final = validate(final=True)  # deterministic: equals the row recorded at this step, if any
     if not state["history"] or state["history"][-1][0] != state["step"]:
         _record(state, final, board)
@@ -479,6 +546,8 @@ def _train(family: str, model_config: Mapping[str, Any] | Any, cfg: TrainConfig,
     if base:
         metrics["init_from"] = cfg.init_from
     metrics["device"] = str(device)
+    if launch is not None:
+        metrics["processes"] = launch.world_size
     timings = {"steps_this_run": state["step"] - first_step, "seconds_in_steps": round(state["seconds"], 2),
                "tokens_per_second": round((state["step"] - first_step) * tokens_per_step
                                           / max(state["seconds"], 1e-9), 1),

@@ -3,6 +3,7 @@
 Reads params `train.defaults`, `train.<family>` (overrides), `models.<family>`, `codec.flavour` and
 `datasets`. Resumes save/<family>.sess when it was made with the same params (amadeus.training);
 `train.<family>.init_from` (relative to the workspace) fine-tunes from another checkpoint's weights.
+With `train.<family>.nproc` > 1, stages/train.py starts itself under torchrun (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def run(params: dict, root: Path, family: str) -> dict:
     result = train(family, section(params, f"models.{family}"), cfg, load_split(folders, "train"),
                    load_split(folders, "validation"), out,
                    params={"codec": {"flavour": flavour}, "datasets": list(datasets)}, root=root)
-    if not result["interrupted"]:
+    if not result["interrupted"] and result.get("rank", 0) == 0:  # under torchrun rank 0 writes
         write_json(paths.headline_file("train", family, root), headline(result))
     return result
 
