@@ -364,6 +364,7 @@ def test_a_new_model_is_a_new_session_and_no_take_is_overwritten(studio):
         await page.until("notes", turn=0)
         await page.send(type="settings", settings={"model": "performance_rnn", "seconds": 1.0})
         cancelled = await page.until("cancel", turn=0)  # the running answer stops with its session
+        await page.until("done", turn=0)  # ... and its turn ends: the next "done" of turn 0 is the new session's
         second = await page.until("ready")
         await page.until("settings")
         await page.phrase((55, 59, 62))
