@@ -40,7 +40,7 @@ def serve(workdir: Path, extra: Sequence[str] = ()) -> Iterator[str]:
             raise
 
 
-def launch(playwright, **kwargs):  # noqa: ANN001, ANN201 (Playwright's own types)
+def launch(playwright, **kwargs):
     """Debian's chromium, headless; sound may start without a click (there is no one to click)."""
     return playwright.chromium.launch(executable_path=chromium_path(), headless=True,
                                       args=["--autoplay-policy=no-user-gesture-required"], **kwargs)

@@ -6,6 +6,7 @@ keyboard, a sound card)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -93,7 +94,7 @@ def test_amadeus_serve_examples_serve_the_page(command, tmp_path, checkpoint, mo
 
     import requests
 
-    env = {**__import__("os").environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}  # --https keeps its certificate
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}  # --https keeps its certificate
     argv = [*shlex.split(command)[1:], "--port", "0"]  # a free port: 8000 may be taken here
     proc = subprocess.Popen([sys.executable, "-m", "amadeus.cli", *argv], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -51,10 +51,10 @@ def save_events(path: str | os.PathLike, ids: np.ndarray, *, atomic: bool = True
         Path(path).write_bytes(buf.getvalue())
 
 
-def load_events(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
-    """A .data file's ids: read whole, or memory-mapped (read-only, pages read when touched)."""
+def load_events(path: str | os.PathLike) -> np.ndarray:
+    """A .data file's ids, read whole (a split's pieces are mapped instead: `load_split`)."""
     try:
-        ids = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        ids = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable .data file ({e}); rerun the preprocess stage") from None
     if ids.dtype != np.uint16 or ids.ndim != 1:

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from amadeus import checkpoint, distributed, release_prior
+from amadeus.data import sha256_file
 from amadeus.errors import UserError
 from amadeus.fileio import atomic_open, write_json
 from amadeus.hardware import resolve_device
@@ -227,11 +228,7 @@ def load_init(cfg: TrainConfig, family: str, model_cfg: Mapping[str, Any], *, ro
     wanted = (codec or {}).get("flavour")
     if wanted is not None and flavour != wanted:
         raise UserError(f"{key}: {path}: learned the {flavour!r} codec flavour, not codec.flavour {wanted!r}")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    record = {"path": cfg.init_from, "sha256": digest.hexdigest(), "step": int(base.get("step", 0))}
+    record = {"path": cfg.init_from, "sha256": sha256_file(path), "step": int(base.get("step", 0))}
     return base["model"], record
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from amadeus import checkpoint_choice
 from amadeus.errors import UserError, main_entry
 from amadeus.generation_args import add_rule_arguments
-from amadeus.live.config import LiveConfig
+from amadeus.live.config import DEFAULT_TAKES, LiveConfig
 from amadeus.live.players import file_player, midi_file_messages
 from amadeus.live.ports import (
     Backend,
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
     from amadeus.live.turn import Turn
     from amadeus.take import TakeWriter
 
-DEFAULT_TAKES = "takes"  # --record's folder when the answer would otherwise be heard nowhere
 SHUTDOWN_SECONDS = 120.0  # the longest the session may take to end (it renders the last takes' WAVs)
 
 

@@ -8,6 +8,10 @@ from typing import Any
 from amadeus.errors import UserError
 from amadeus.live.ports import ALL_NOTES_OFF, SUSTAIN
 
+# Where takes go by default: `amadeus live` with nothing to hear the answer on, and `amadeus serve`.
+DEFAULT_TAKES = "takes"
+LEARN_FOLDER = "my-playing"  # under it, the studio's kept phrases (the player's track alone): learn my playing
+
 
 @dataclass
 class LiveConfig:

@@ -201,11 +201,11 @@ class LiveSession:
                 self.interrupt.set()
             self.cv.notify_all()
 
-    def _listen(self) -> tuple[float, Phrase | None, float]:
+    def _listen(self) -> tuple[float, Phrase | None, float | None]:
         """Wait for the hand-over, priming the model as the phrase grows.
 
-        Returns (the phrase's hand-over moment, the phrase, when the answer was asked for): the two
-        moments differ only when the last phrase is answered again."""
+        Returns (the phrase's hand-over moment, the phrase, when the answer was asked for if not then:
+        only when the last phrase is answered again)."""
         self.listening.set()
         self.watcher.listening()
         primed_version = -1
@@ -215,16 +215,16 @@ class LiveSession:
         while True:
             with self.cv:
                 if self.stopped.is_set():
-                    return 0.0, None, 0.0
-                if self._again and self.last is not None and not self.phrase.has_notes:
+                    return 0.0, None, None
+                if self._again:
                     self._again = False
-                    self._reset_warm()  # the state holds the last answer: the phrase is fed again
-                    self.responding = True
-                    self.interrupt.clear()
-                    self.listening.clear()
-                    phrase, handover = self.last
-                    return handover, phrase.copy(), self._again_at
-                self._again = False  # the player has started a new phrase: that one is answered
+                    if self.last is not None and not self.phrase.has_notes:  # else the new phrase is answered
+                        self._reset_warm()  # the state holds the last answer: the phrase is fed again
+                        self.responding = True
+                        self.interrupt.clear()
+                        self.listening.clear()
+                        phrase, handover = self.last
+                        return handover, phrase.copy(), self._again_at
                 now = time.monotonic()
                 deadline = None
                 hint = None
@@ -244,7 +244,7 @@ class LiveSession:
                     self.responding = True
                     self.interrupt.clear()
                     self.listening.clear()
-                    return deadline, phrase, deadline
+                    return deadline, phrase, None
                 want_prime = self.cfg.warm and self.phrase.has_notes and (
                     self.version != primed_version or prime_again is not None)
                 timeout = 0.5
@@ -355,11 +355,10 @@ class LiveSession:
                                             decoder_max_note_seconds=self.codec.max_note_seconds,
                                             release_prior=getattr(self.model, "release_prior", None))
 
-    def _answer(self, handover: float, phrase: Phrase, asked: float) -> None:
+    def _answer(self, handover: float, phrase: Phrase, asked: float | None) -> None:
         import torch
 
-        turn = Turn(len(self.turns), handover, phrase, woke=time.monotonic(),
-                    asked=None if asked == handover else asked)
+        turn = Turn(len(self.turns), handover, phrase, woke=time.monotonic(), asked=asked)
         self.turns.append(turn)
         self.last = (phrase, handover)
         self.watcher.answering(turn)

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 from amadeus.checkpoint_choice import DEFAULT_CHECKPOINTS
 from amadeus.errors import UserError
+from amadeus.live.config import DEFAULT_TAKES, LEARN_FOLDER
 
 if TYPE_CHECKING:
     from amadeus.studio.server import Studio
 
 DEFAULT_PORT = 8000
-DEFAULT_TAKES = "takes"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{', '.join(DEFAULT_CHECKPOINTS)} that exist, int8 first)")
     p.add_argument("--takes", default=DEFAULT_TAKES,
                    help="folder for the takes (one subfolder per tab) and, when the player keeps them, their "
-                        "phrases in my-playing/ (default: %(default)s)")
+                        f"phrases in {LEARN_FOLDER}/ (default: %(default)s)")
     p.add_argument("--max-sessions", type=int, default=2,
                    help="tabs playing at once; the next is told the studio is busy (default: %(default)s)")
     p.add_argument("--soundfont", default=None, help="an .sf2 file for the page's piano and the takes' WAVs "

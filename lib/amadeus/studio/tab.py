@@ -30,6 +30,7 @@ from typing import Any
 import mido
 
 from amadeus.errors import UserError
+from amadeus.live.config import LEARN_FOLDER
 from amadeus.live.ports import MemoryOutput
 from amadeus.live.session import LiveSession, Watcher
 from amadeus.live.stream import Codec
@@ -41,7 +42,6 @@ Emit = Callable[[dict[str, Any]], None]
 
 MAX_FILE_BYTES = 1 << 20  # a phrase as a MIDI file: 1 MB is hours of piano
 FILE_SECONDS = 30.0  # a long file: its last 30 s are the phrase
-LEARN_FOLDER = "my-playing"  # under the takes folder: the player's phrases alone, for `learn my playing`
 
 
 class Clock:
@@ -140,7 +140,6 @@ class TabSession:
         recorder = TakeWriter(self.folder, soundfont=self.soundfont, log=self._log_line, on_media=self._media)
         session = LiveSession(loaded.model, Codec(loaded.flavour), MemoryOutput(), settings.live_config(),
                               recorder=recorder, log=self._log_line, watcher=PageWatcher(self))
-        session.scheduler.log = type(session.scheduler.log)(maxlen=20_000)  # a long evening stays small
         thread = threading.Thread(target=self._run, args=(session,), name=f"amadeus-studio-{self.id}", daemon=True)
         self.session, self.thread, self.settings = session, thread, settings
         # Through the same queue as everything the last session said, so the page hears them in order.
