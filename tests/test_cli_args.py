@@ -150,3 +150,21 @@ def test_generate_uses_the_pipelines_checkpoint_when_none_is_given(tmp_path, che
         main(["generate", "--seconds", "2", "--out", "p.mid"])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and err.startswith("error: generate: no --checkpoint given") and "\n" not in err
+
+
+def test_latent_block_generates_past_the_window_and_a_bad_one_is_one_line(tmp_path, capsys):
+    from test_pipeline_stages import save_checkpoint, tiny_perceiver
+
+    sess = tmp_path / "p.sess"
+    save_checkpoint(sess, tiny_perceiver())  # 32-token window, 16 latents
+    out = tmp_path / "o.mid"
+    # 80 events run well past the window, so blocks of 8 latents move into the prefix several times
+    main(["generate", "--checkpoint", str(sess), "--length", "80", "--latent-block", "8", "--seed", "1",
+          "--out", str(out)])
+    assert out.is_file()
+    for value, message in (("0", "error: --latent-block: 0 is not allowed"),
+                           ("17", "error: generate: latent_block (17) must be in [1, 16]")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["generate", "--checkpoint", str(sess), "--latent-block", value, "--out", str(tmp_path / "x.mid")])
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and err.startswith(message) and "\n" not in err

@@ -113,8 +113,8 @@ def test_training_step_reduces_loss():
     assert loss.item() < 0.7 * first
 
 
-def _generate(model, prompt, num_latents, steps, use_cache):
-    logits, state = model.prefill(prompt, num_latents=num_latents, use_cache=use_cache)
+def _generate(model, prompt, num_latents, steps, use_cache, latent_block=1):
+    logits, state = model.prefill(prompt, num_latents=num_latents, use_cache=use_cache, latent_block=latent_block)
     out, schedule = [], []
     for _ in range(steps):
         out.append(logits)
@@ -138,6 +138,39 @@ def test_cached_and_uncached_generation_agree_across_transition_and_sliding(abs_
     assert (cached - plain).abs().max().item() <= 1e-4
     # and each uncached step equals a plain forward over the window
     assert (cached.argmax(-1) == plain.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("abs_pos_emb", [False, True])
+@pytest.mark.parametrize("block", [2, 3, 8])
+def test_block_schedule_is_exact_and_moves_blocks_of_latents(block, abs_pos_emb):
+    model = tiny(abs_pos_emb=abs_pos_emb)
+    prompt = torch.randint(0, PAD, (2, 10))
+    prompt[1, :3] = PAD
+    steps = 60
+    cached, schedule = _generate(model, prompt, 3, steps, True, latent_block=block)
+    plain, schedule2 = _generate(model, prompt, 3, steps, False, latent_block=block)
+    assert schedule == schedule2
+    assert (cached - plain).abs().max().item() <= 1e-4
+    # the split of every step: latents grow to 8; then `block` of them join the prefix at once; the
+    # prefix never passes 16 and the window never passes 24
+    latents = [n - p for p, n in schedule]
+    assert max(latents) == 8 and min(latents[5:]) == 8 + 1 - block
+    assert all(b - a in (1, 1 - block) for a, b in zip(latents, latents[1:], strict=False))
+    assert max(p for p, _ in schedule) == 16 and max(n for _, n in schedule) == 24
+    # each step is the model's forward pass for its split (the window's tokens: the prompt and the greedy
+    # continuation of row 0)
+    tokens = torch.cat([prompt[0], cached[0, :-1, :PAD].argmax(-1)])
+    for i in (20, 37, steps - 1):
+        p, n = schedule[i - 1]  # the split after step i gives the logits of step i
+        end = prompt.shape[1] + i
+        window = tokens[end - n:end][None]
+        assert torch.allclose(model(window, prefix_len=p)[0, -1], cached[0, i], atol=1e-4)
+
+
+@pytest.mark.parametrize("block", [0, 9])
+def test_block_out_of_range_is_refused(block):
+    with pytest.raises(ValueError, match="latent_block"):
+        tiny().prefill(torch.randint(0, PAD, (1, 5)), latent_block=block)
 
 
 class FakeInt8Linear(torch.nn.Module):

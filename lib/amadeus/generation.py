@@ -243,7 +243,8 @@ def generate_cli(args: Any) -> dict[str, Any]:
     checkpoint, by_default = checkpoint_choice.find_checkpoint(args.checkpoint, "generate")
     if by_default:
         print(f"checkpoint: {checkpoint} (the pipeline's; --checkpoint picks another)")
-    model_kwargs = {"num_latents": args.num_latents} if getattr(args, "num_latents", None) else None
+    model_kwargs = {key: getattr(args, key) for key in ("num_latents", "latent_block")
+                    if getattr(args, key, None)} or None
     if getattr(args, "threads", 0):
         # Batch-1 decoding: more threads only add synchronisation (and collapse under load).
         torch.set_num_threads(args.threads)

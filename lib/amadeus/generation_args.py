@@ -47,6 +47,10 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-latents", type=int, default=None,
                    help="Perceiver AR: how many of the prompt's last events start as latents "
                         "(default: 1, the pipeline's)")
+    p.add_argument("--latent-block", type=int, default=None,
+                   help="Perceiver AR: once the latents are full, how many move into the prefix at once; "
+                        "larger is faster past the window, 1 is perceiver-io's schedule (default: the "
+                        "pipeline's generate.model_kwargs)")
     p.add_argument("--seed", type=int, default=None,
                    help="makes a take again; left out, one is drawn and printed (default: drawn)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -70,6 +74,8 @@ def check_generate_args(args: argparse.Namespace) -> None:
 
     if getattr(args, "num_latents", None) is not None and args.num_latents < 1:
         raise UserError(f"--num-latents: {args.num_latents} is not allowed; use 1 or more")
+    if getattr(args, "latent_block", None) is not None and args.latent_block < 1:
+        raise UserError(f"--latent-block: {args.latent_block} is not allowed; use 1 or more")
     if args.length is not None and args.length < 1:
         raise UserError(f"--length: {args.length} is not allowed; give at least 1 event (or use --seconds)")
     if args.temperature <= 0:

@@ -257,6 +257,8 @@ def _prefill(model, prompt: torch.Tensor, kwargs: dict):
             raise UserError(f"generate: the {family} model takes no prefill argument(s) "
                             f"{', '.join(sorted(kwargs))} ({e})") from None
         raise
+    except ValueError as e:  # a value the model cannot take, e.g. more latents than it has
+        raise UserError(f"generate: {e}") from None
 
 
 def _real(logits: torch.Tensor) -> torch.Tensor:

@@ -15,14 +15,17 @@ docs/perceiver-ar.md#rotary-positions; the 134M config has exactly 134,840,832 p
   `rotary_channels` of each head, in the hybrid layer and the first `num_rotary_layers` self-attention
   layers; positions are right-aligned and left pads are skipped: pos = clamp(index - n_pads, min=0).
 
-Generation follows the documented perceiver-io schedule: the prompt's last k tokens are latents; each
-new token joins the latents until there are `max_latents`; then each step moves the oldest latent
-into the prefix until the prefix is `max_prefix_len` long; then the oldest token drops out.
+Generation follows perceiver-io's documented schedule, generalised to blocks: the prompt's last k
+tokens are latents; each new token joins the latents until there are `max_latents`; then the oldest
+`latent_block` latents move into the prefix at once (1 = perceiver-io's schedule), and once the prefix
+is `max_prefix_len` long the oldest tokens drop out of the window to make room.
 
-The key/value cache is exact under that schedule. While the latents grow, a step runs one token
-through the network. When a latent moves into the prefix, its hybrid-layer key/value must be
-recomputed through kv_norm, and every later latent attended to it, so all latents are recomputed
-(the prefix keys/values stay cached); likewise when the oldest token drops out of the window.
+The key/value cache is exact under every block size: each step is the forward pass of the model for the
+split the schedule uses. While the latents grow, a step runs one token through the network. When latents
+move into the prefix, their hybrid-layer keys/values are recomputed through kv_norm, and every remaining
+latent attended to them, so the remaining latents are recomputed in one batched pass (the prefix
+keys/values stay cached); likewise when tokens drop out of the window. With a block of b, that
+recomputation of max_latents + 1 - b latents happens once every b tokens.
 """
 
 from __future__ import annotations
@@ -363,41 +366,51 @@ class PerceiverAR(nn.Module):
 
     @torch.no_grad()
     def prefill(self, ids: Tensor, num_latents: int = 1, pad_mask: Tensor | None = None,
-                use_cache: bool = True) -> tuple[Tensor, dict]:
+                use_cache: bool = True, latent_block: int = 1) -> tuple[Tensor, dict]:
         """Start generation from prompts ids [B, T] (left-padded with pad_id).
 
         The prompt's last `num_latents` tokens are latents. A prompt longer than max_seq_len keeps its
         last max_seq_len tokens, and the latents grow if the prefix would exceed max_prefix_len.
+        `latent_block`: how many latents move into the prefix at once when the latents are full
+        (1..max_latents; 1 is perceiver-io's schedule, larger is faster and sees fewer latents).
         Returns the logits [B, V] of the next token and the generation state (step() may update the
         state's cache buffers in place: always continue from the state it returns)."""
         cfg = self.config
         if not 1 <= num_latents <= cfg.max_latents:
             raise ValueError(f"num_latents ({num_latents}) must be in [1, {cfg.max_latents}]")
+        if not 1 <= latent_block <= cfg.max_latents:
+            raise ValueError(f"latent_block ({latent_block}) must be in [1, {cfg.max_latents}]")
         pad = ids.eq(cfg.pad_id) if pad_mask is None else pad_mask.bool()
         ids, pad = ids[:, -cfg.max_seq_len:], pad[:, -cfg.max_seq_len:]
         n = ids.shape[1]
         p = n - min(n, max(num_latents, n - self.max_prefix_len))
-        return self._full(ids, pad, p, use_cache)
+        logits, state = self._full(ids, pad, p, use_cache)
+        state["latent_block"] = latent_block
+        return logits, state
 
     @torch.no_grad()
     def step(self, ids: Tensor, state: dict) -> tuple[Tensor, dict]:
-        """Append ids [B] and advance the schedule: latents grow to max_latents, then the prefix grows
-        to max_prefix_len, then the window slides. Returns the next logits [B, V] and the new state."""
+        """Append ids [B] and advance the schedule: latents grow to max_latents, then the oldest
+        `latent_block` of them join the prefix, dropping the oldest tokens once the prefix is full.
+        Returns the next logits [B, V] and the new state."""
         cfg = self.config
         window = torch.cat([state["ids"], ids[:, None].to(state["ids"])], 1)
         pad = torch.cat([state["pad"], ids[:, None].eq(cfg.pad_id)], 1)
-        p = state["prefix_len"]
-        slid = False
+        block = state.get("latent_block", 1)
+        old_p = p = state["prefix_len"]
+        dropped = 0
         if window.shape[1] - p > cfg.max_latents:
-            if p < self.max_prefix_len:
-                p += 1  # the oldest latent joins the prefix
-            else:  # window full: the oldest token leaves, the oldest latent joins the prefix
-                window, pad, slid = window[:, 1:], pad[:, 1:], True
+            p += block  # the oldest latents join the prefix ...
+            dropped = max(0, p - self.max_prefix_len)  # ... and the oldest tokens leave a full window
+            window, pad, p = window[:, dropped:], pad[:, dropped:], p - dropped
         if "cache" not in state:
-            return self._full(window, pad, p, False)
-        if p == state["prefix_len"] and not slid:
-            return self._step_one(window, pad, p, state["cache"])
-        return self._step_shifted(window, pad, p, slid, state["cache"])
+            logits, new = self._full(window, pad, p, False)
+        elif p == old_p and not dropped:
+            logits, new = self._step_one(window, pad, p, state["cache"])
+        else:
+            logits, new = self._step_shifted(window, pad, p, old_p, dropped, state["cache"])
+        new["latent_block"] = block
+        return logits, new
 
     def reorder_state(self, state: dict, index: Tensor) -> dict:
         """Select/reorder the batch rows of a generation state (beam search)."""
@@ -459,25 +472,26 @@ class PerceiverAR(nn.Module):
         state = {"ids": ids, "pad": pad, "prefix_len": p, "cache": cache}
         return self._logits(x[:, -1]), state
 
-    def _step_shifted(self, ids: Tensor, pad: Tensor, p: int, slid: bool, cache: dict) -> tuple[Tensor, dict]:
-        """The oldest latent moved into the prefix and/or the oldest token left the window. Every latent
-        attended to those tokens, so all latents are recomputed; the prefix keys/values are reused."""
-        if self.pos_embed is not None and slid:
+    def _step_shifted(self, ids: Tensor, pad: Tensor, p: int, old_p: int, dropped: int, cache: dict
+                      ) -> tuple[Tensor, dict]:
+        """Latents moved into the prefix (it was old_p long, it is p now) and/or the oldest `dropped`
+        tokens left the window. Every remaining latent attended to them, so all latents are recomputed;
+        the prefix keys/values still in the window are reused."""
+        if self.pos_embed is not None and dropped:
             return self._full(ids, pad, p, True)  # sliding shifts all absolute positions: nothing reusable
         pos = positions(pad)
         k_pre, v_pre = cache["prefix"]
-        if slid:
-            k_pre, v_pre = k_pre[:, :, 1:], v_pre[:, :, 1:]  # a no-op without a prefix
-        if p > 0:
-            # the old first latent is now the last prefix token: its keys/values come through kv_norm
-            k_new, v_new = self.hybrid.prefix_kv(self._embed(ids[:, p - 1 : p], pos[:, p - 1 : p]))
+        kept = max(0, old_p - dropped)  # cached prefix entries still in the window: ids[:, :kept]
+        k_pre, v_pre = k_pre[:, :, old_p - kept:], v_pre[:, :, old_p - kept:]
+        if p > kept:
+            # the old latents that are now prefix tokens: their keys/values come through kv_norm
+            k_new, v_new = self.hybrid.prefix_kv(self._embed(ids[:, kept:p], pos[:, kept:p]))
             k_pre, v_pre = torch.cat([k_pre, k_new], 2), torch.cat([v_pre, v_new], 2)
         prefix_rotated = (self.rotary(k_pre, pos[:, :p]), v_pre)
         x = self._embed(ids[:, p:], pos[:, p:])
         h, kvs = self._latents(x, pos[:, p:], pad[:, p:], (*prefix_rotated, pad[:, :p]))
         state = {"ids": ids, "pad": pad, "prefix_len": p, "cache": self._new_cache((k_pre, v_pre), prefix_rotated, kvs)}
         return self._logits(h[:, -1]), state
-
 
 
 def sam_giant_midi_config() -> PerceiverARConfig:

@@ -35,6 +35,7 @@ from amadeus.hardware import resolve_device
 from amadeus.params import as_dict, build, knob, section, seed_knob
 from amadeus.pipeline import paths
 from amadeus.pipeline.eval_prompts import EvalPromptConfig, HeldOut, held_out
+from amadeus.pipeline.params_check import check_latent_kwargs
 from amadeus.playing_rules import PlayingRules
 from amadeus.prompt_passthrough import midi_bytes
 
@@ -141,14 +142,8 @@ def showcase_indices(count: int, showcase: int) -> list[int]:
 
 def _check_num_latents(kwargs: dict, model: Any, family: str) -> None:
     """The model decides the allowed latents; refuse before any generation rather than mid-stage."""
-    if "num_latents" not in kwargs:
-        return
-    value, most = kwargs["num_latents"], getattr(getattr(model, "config", None), "max_latents", None)
-    if most is None:
-        raise UserError(f"params.yaml: generate.model_kwargs.{family}.num_latents: this family has no latents")
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
-        raise UserError(f"params.yaml: generate.model_kwargs.{family}.num_latents: {value!r} is out of range; "
-                        f"must be an integer in 1..{most} (the checkpoint's max_latents)")
+    most = getattr(getattr(model, "config", None), "max_latents", None)
+    check_latent_kwargs(kwargs, most, family, "the checkpoint's max_latents")
 
 
 class _Writer:

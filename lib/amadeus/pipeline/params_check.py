@@ -85,12 +85,23 @@ def _check_model_kwargs(model_kwargs: Mapping[str, Any], configs: Mapping[str, A
             continue
         if not isinstance(kwargs, Mapping):
             raise UserError(f"params.yaml: generate.model_kwargs.{family}: expected a mapping, got {kwargs!r}")
-        most = getattr(configs[family], "max_latents", None)
-        value = kwargs.get("num_latents")
+        check_latent_kwargs(kwargs, getattr(configs[family], "max_latents", None), family,
+                            f"models.{family}.max_latents")
+
+
+# Perceiver AR's generation arguments that count latents: each is an integer in 1..max_latents.
+LATENT_KWARGS = ("num_latents", "latent_block")
+
+
+def check_latent_kwargs(kwargs: Mapping[str, Any], most: int | None, family: str, bound: str) -> None:
+    """Refuse, in one line naming the key, a latent count the model cannot take; `most` is the model's
+    max_latents (None: a family without latents), `bound` names where that limit comes from."""
+    for key in LATENT_KWARGS:
+        value = kwargs.get(key)
         if value is None:
             continue
+        where = f"params.yaml: generate.model_kwargs.{family}.{key}"
         if most is None:
-            raise UserError(f"params.yaml: generate.model_kwargs.{family}.num_latents: this family has no latents")
+            raise UserError(f"{where}: this family has no latents")
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
-            raise UserError(f"params.yaml: generate.model_kwargs.{family}.num_latents: {value!r} is out of "
-                            f"range; must be an integer in 1..{most} (models.{family}.max_latents)")
+            raise UserError(f"{where}: {value!r} is out of range; must be an integer in 1..{most} ({bound})")
