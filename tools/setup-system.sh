@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System packages amadeus needs beyond Python: the fluidsynth library (WAV rendering) and venv support;
+# System packages amadeus needs beyond Python: the fluidsynth library (WAV rendering), venv support and a C
+# compiler (amadeus.native's batch-1 kernels);
 # with --browser also Debian's chromium, which the studio's browser tests and benchmark drive headless.
 # Installs them with apt-get when missing and we may (root, or sudo without a password); otherwise says how.
 set -euo pipefail
@@ -7,6 +8,7 @@ set -euo pipefail
 need=()
 ldconfig -p 2>/dev/null | grep -q 'libfluidsynth\.so' || need+=(libfluidsynth3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+command -v cc >/dev/null || command -v gcc >/dev/null || need+=(gcc)  # builds amadeus.native's kernels
 if [ "${1:-}" = "--browser" ]; then
   command -v chromium >/dev/null || need+=(chromium)
 fi

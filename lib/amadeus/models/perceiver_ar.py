@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from amadeus import native
+from amadeus.native.perceiver_step import layer_steps
 from amadeus.params import Invalid, knob
 from amadeus.vocab import PAD_ID, SHIFT_1S, VOCAB_SIZE
 
@@ -128,14 +130,35 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(channels, channels, bias=False)
         self.o_proj = nn.Linear(channels, channels, bias=out_bias)
 
+    def project(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values [B, n, C] of h [B, n, C]. When the three projections are int8 with
+        amadeus.native's packed weights, a few rows go through one fused product (the same numbers)."""
+        parts = [getattr(m, "packed", None) for m in (self.q_proj, self.k_proj, self.v_proj)]
+        rows = h.shape[0] * h.shape[1]
+        if None in parts or rows > native.MAX_ROWS or h.dtype != torch.float32:
+            return self.q_proj(h), self.k_proj(h), self.v_proj(h)
+        key = tuple(map(id, parts))
+        if getattr(self, "_fused_key", None) != key:  # built once per set of weights
+            self._fused, self._fused_key = native.PackedInt8Linear.concat(parts), key
+        if self._fused is None:
+            return self.q_proj(h), self.k_proj(h), self.v_proj(h)
+        return self._fused(h.reshape(rows, -1)).view(*h.shape[:2], 3, -1).unbind(2)
+
     def heads_of(self, x: Tensor) -> Tensor:
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, n, C] -> [B, H, n, D]
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool = False) -> Tensor:
         """q [B, H, i, D], k/v [B, H, j, D], mask [B, 1, i, j] (True = may attend) or `causal` for a plain
-        square causal mask (lets SDPA pick flash kernels) -> [B, i, C]."""
-        p = self.dropout if self.training else 0.0
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        square causal mask (lets SDPA pick flash kernels) -> [B, i, C]. Keys/values stored in a narrower
+        type than q (an int8 model's bfloat16 cache) are read as they are by the one-query kernel of
+        amadeus.native, else widened for SDPA: the same values either way."""
+        o = None
+        if k.dtype != q.dtype and mask is None and not causal and not self.training:
+            o = native.attend_one(q, k, v, q.shape[-1] ** -0.5)
+        if o is None:
+            k, v = k.to(q.dtype), v.to(q.dtype)
+            p = self.dropout if self.training else 0.0
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         return self.o_proj(o.transpose(1, 2).flatten(2))
 
 
@@ -249,6 +272,19 @@ class PerceiverAR(nn.Module):
         x = self.embed(ids)
         return x if self.pos_embed is None else x + self.pos_embed(pos)
 
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """The type attention reads keys/values in: bfloat16 once the weights are int8 (amadeus.quant),
+        halving what a cached step reads; float32 otherwise. Every path (cached or not) rounds them."""
+        weight = getattr(self.hybrid.attn.k_proj, "weight", None)
+        narrow = weight is not None and weight.dtype in (torch.int8, torch.uint8)
+        return torch.bfloat16 if narrow else torch.float32
+
+    def _prefix_for_attention(self, k_pre: Tensor, v_pre: Tensor, pos: Tensor) -> KV:
+        """The hybrid layer's prefix keys (rotated at positions pos) and values, as attention reads them."""
+        kv = self.kv_dtype
+        return self.rotary(k_pre, pos).to(kv), v_pre.to(kv)
+
     def _rotates(self, layer: int) -> bool:
         """Does attention layer `layer` rotate (0 = hybrid, 1.. = self-attention)?"""
         n = self.config.num_rotary_layers
@@ -256,13 +292,14 @@ class PerceiverAR(nn.Module):
 
     def _qkv(self, layer: int, attn: Attention, h: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Queries, keys (rotated where the layer rotates) and values [B, H, m, D] of h [B, m, C]."""
-        q, k, v = (attn.heads_of(proj(h)) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        q, k, v = (attn.heads_of(t) for t in attn.project(h))
         if self._rotates(layer):
             q, k = self.rotary(q, pos), self.rotary(k, pos)
-        return q, k, v
+        kv = self.kv_dtype
+        return q, k.to(kv), v.to(kv)
 
     def _residual(self, x: Tensor, y: Tensor) -> Tensor:
-        return x + F.dropout(y, self.config.residual_dropout, self.training)
+        return x + F.dropout(y, self.config.residual_dropout) if self.training else x + y
 
     def _latents(self, x: Tensor, pos: Tensor, pad: Tensor, prefix: tuple[Tensor, Tensor, Tensor]
                  ) -> tuple[Tensor, list[KV]]:
@@ -315,7 +352,7 @@ class PerceiverAR(nn.Module):
             x_pre = x_pre.gather(1, idx[..., None].expand(-1, -1, x.shape[2]))
             pos_pre, pad_pre = pos_pre.gather(1, idx), pad_pre.gather(1, idx)
         k_pre, v_pre = self.hybrid.prefix_kv(x_pre)
-        prefix = (self.rotary(k_pre, pos_pre), v_pre, pad_pre)
+        prefix = (*self._prefix_for_attention(k_pre, v_pre, pos_pre), pad_pre)
         h, kvs = self._latents(x[:, p:], pos[:, p:], pad[:, p:], prefix)
         return h, (k_pre, v_pre), kvs
 
@@ -436,7 +473,7 @@ class PerceiverAR(nn.Module):
         state = {"ids": ids, "pad": pad, "prefix_len": p}
         if use_cache:
             pos = positions(pad)
-            state["cache"] = self._new_cache((k_pre, v_pre), (self.rotary(k_pre, pos[:, :p]), v_pre), kvs)
+            state["cache"] = self._new_cache((k_pre, v_pre), self._prefix_for_attention(k_pre, v_pre, pos[:, :p]), kvs)
         return self._logits(h[:, -1]), state
 
     def _new_cache(self, prefix: KV, prefix_rotated: KV, kvs: list[KV]) -> dict:
@@ -459,10 +496,16 @@ class PerceiverAR(nn.Module):
         seen = (~pad)[:, None, None, :].clone() if bool(pad.any()) else None
         if seen is not None:
             seen[..., -1] = True  # a token always sees itself
+        lengths = [n] + [n - p] * len(self.layers)  # hybrid: the whole window; self-attention: the latents
+        steps = layer_steps(self) if ids.shape[0] == 1 and seen is None and not self.training else None
+        if steps is not None:  # int8 at batch 1: each layer in one call of amadeus.native's kernels
+            x = steps.run(x, cache["buffers"], lengths, int(pos[0, -1]), self.rotary).view(1, 1, -1)
+            state = {"ids": ids, "pad": pad, "prefix_len": p, "cache": cache}
+            return self._logits(x[:, -1]), state
         layers = [(self.hybrid.attn, self.hybrid.q_norm, self.hybrid.mlp)]
         layers += [(layer.attn, layer.norm, layer.mlp) for layer in self.layers]
         for i, (attn, norm, mlp) in enumerate(layers):
-            length = n if i == 0 else n - p  # hybrid: the whole window; self-attention: the latents
+            length = lengths[i]
             q, k, v = self._qkv(i, attn, norm(x), pos[:, -1:])
             kb, vb = cache["buffers"][i]
             kb[:, :, length - 1 : length], vb[:, :, length - 1 : length] = k, v
@@ -487,7 +530,7 @@ class PerceiverAR(nn.Module):
             # the old latents that are now prefix tokens: their keys/values come through kv_norm
             k_new, v_new = self.hybrid.prefix_kv(self._embed(ids[:, kept:p], pos[:, kept:p]))
             k_pre, v_pre = torch.cat([k_pre, k_new], 2), torch.cat([v_pre, v_new], 2)
-        prefix_rotated = (self.rotary(k_pre, pos[:, :p]), v_pre)
+        prefix_rotated = self._prefix_for_attention(k_pre, v_pre, pos[:, :p])
         x = self._embed(ids[:, p:], pos[:, p:])
         h, kvs = self._latents(x, pos[:, p:], pad[:, p:], (*prefix_rotated, pad[:, :p]))
         state = {"ids": ids, "pad": pad, "prefix_len": p, "cache": self._new_cache((k_pre, v_pre), prefix_rotated, kvs)}

@@ -198,7 +198,8 @@ def load_quantized(ckpt: dict, model: nn.Module, where: str = "checkpoint") -> n
 def int8_with_random_calibration(model: nn.Module, seed: int = 0) -> nn.Module:
     """An int8 copy of `model` with static ranges from 4 batches of random windows: for speed
     benchmarks, where the weights are random too and only the arithmetic matters."""
-    ids = torch.from_numpy(np.random.default_rng(seed).integers(0, PAD_ID, (16, 201)))
+    length = min(201, getattr(model, "context_length", 200) + 1)  # windows the model can take
+    ids = torch.from_numpy(np.random.default_rng(seed).integers(0, PAD_ID, (16, length)))
     q = copy.deepcopy(model)
     quantize_model(q, calibrate(model, ids, batch_size=4))
     return q.eval()

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from amadeus import native
 from amadeus.models.gru_step import gru_update
 from amadeus.quant.qtensor import check_mode, dequantize, qparams_from_range, quantize_per_channel, to_signed
 
@@ -146,6 +147,12 @@ class Int8Linear(nn.Module):
             self._ss = ss
             self._nzss = -self._zw * ss
             self._bias_eff = bias.float() + ss * zx * (self.in_features * self._zw - self._rowsum)
+        # the weights again in amadeus.native's layout, for its few-rows kernel (same results, faster);
+        # `packed` is public: a model may fuse several of them (amadeus.models.perceiver_ar.Attention)
+        self.packed = None
+        if self.static and native.PackedInt8Linear.fits(self._wq):
+            self.packed = native.PackedInt8Linear(self._wq, self._ss, self._nzss, self._bias_eff, self._inv_sx,
+                                                   float(self.input_zero_point), self._has_zw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -158,6 +165,8 @@ class Int8Linear(nn.Module):
                             if self.bias is not None else None)
         if not self.static:
             return self._dynamic(x)
+        if self.packed is not None and x.shape[0] <= native.MAX_ROWS and x.dtype == torch.float32:
+            return self.packed(x)
         xf = torch.add(self._zx, x, alpha=self._inv_sx).round_().clamp_(-128, 127)  # integers, still float
         acc = torch._int_mm(xf.to(torch.int8), self._wt)
         if self._has_zw:
