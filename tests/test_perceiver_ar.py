@@ -261,6 +261,22 @@ def test_imported_logits_match_perceiver_io_forward(imported):
     assert (logits - exp["logits"]).abs().max().item() <= 1e-4
 
 
+def test_pads_among_latents_are_masked_here_but_not_in_perceiver_io(imported):
+    """The documented divergence (docs/perceiver-ar.md#pads-among-the-latents): perceiver-io masks pads in
+    the hybrid layer only, so its real latents attend to pad latents in self-attention; amadeus masks them,
+    so a left-padded sequence gives its real tokens the logits they have unpadded."""
+    model, _, _ = imported
+    exp = torch.load(FIXTURE / "expected.pt", weights_only=True)
+    real = exp["unpadded_ids"].shape[1]
+    with torch.no_grad():
+        ours_padded = model(exp["latent_pad_ids"], 4)[:, -real:]
+        ours_unpadded = model(exp["unpadded_ids"], 0)
+    assert (ours_unpadded - exp["unpadded_logits"]).abs().max().item() <= 1e-4  # no pads: the same model
+    assert (ours_padded - ours_unpadded).abs().max().item() <= 1e-4  # pads masked: nothing leaks
+    theirs = (exp["latent_pad_logits"][:, -real:] - exp["unpadded_logits"]).abs().max().item()
+    assert theirs > 0.1  # in perceiver-io the pad latents change the real tokens' logits
+
+
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_imported_greedy_continuation_matches_documented_schedule(imported, use_cache):
     model, _, _ = imported

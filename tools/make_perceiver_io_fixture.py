@@ -15,7 +15,9 @@ Writes into OUT:
 - model/: a small random-weights PerceiverSymbolicAudioModel saved with save_pretrained (config.json +
   pytorch_model.bin, the released checkpoint's format);
 - expected.pt: a dict of tensors (readable with torch.load(weights_only=True)):
-  `ids`, `pad_mask`, `prefix_len`, `logits` of perceiver-io's forward over a left-padded batch, and a
+  `ids`, `pad_mask`, `prefix_len`, `logits` of perceiver-io's forward over a left-padded batch (pads in the
+  prefix only); `latent_pad_ids`/`latent_pad_logits` (pads among the latents too, prefix 4) and
+  `unpadded_ids`/`unpadded_logits` (the same real tokens, no pads), for the documented divergence; and a
   greedy continuation (`prompt`, `num_latents`, `continuation`, per-step `prefix_lens`/`window_lens`)
   made by a loop that calls perceiver-io's forward with the documented schedule: the prompt's last
   num_latents tokens are latents; latents grow to max_latents, then the prefix to max_prefix_len,
@@ -106,9 +108,21 @@ def main() -> None:
 
     prompt = torch.randint(0, PAD_ID, (1, PROMPT_LEN), generator=gen)
     continuation, prefix_lens, window_lens = greedy_documented(model, prompt, NUM_LATENTS, NEW_TOKENS)
+
+    # Pads among the latents: a 12-token sequence left-padded to 20 with a 4-token prefix (4 of the pads
+    # are latents), and the same 12 tokens unpadded, all latents. perceiver-io lets the real latents attend
+    # to the pad latents in its self-attention layers; amadeus masks them (docs/perceiver-ar.md).
+    real = torch.randint(0, PAD_ID, (1, 12), generator=gen)
+    latent_pad_ids = torch.cat([torch.full((1, 8), PAD_ID), real], 1)
+    with torch.no_grad():
+        latent_pad_logits = model(input_ids=latent_pad_ids, prefix_len=4,
+                                  attention_mask=latent_pad_ids.ne(PAD_ID).long()).logits
+        unpadded_logits = model(input_ids=real, prefix_len=0).logits
+
     expected = {"ids": ids, "pad_mask": pad_mask, "prefix_len": prefix_len, "logits": logits,
                 "prompt": prompt, "num_latents": NUM_LATENTS, "continuation": continuation,
-                "prefix_lens": prefix_lens, "window_lens": window_lens}
+                "prefix_lens": prefix_lens, "window_lens": window_lens, "latent_pad_ids": latent_pad_ids,
+                "latent_pad_logits": latent_pad_logits, "unpadded_ids": real, "unpadded_logits": unpadded_logits}
     torch.save(expected, args.out / "expected.pt")
     meta = {"perceiver-io": version("perceiver-io"), "torch": torch.__version__, "seed": SEED,
             "weight_std": WEIGHT_STD, "config": CONFIG, "distinct_tokens": len(set(continuation[0].tolist()))}
