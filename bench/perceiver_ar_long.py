@@ -3,6 +3,7 @@ batch 1 on this CPU, past its window: sustained tokens/s, int8 vs fp32, the late
 perceiver-io 0.11.0's own generate() on the same weights.
 
     .venv/bin/python bench/perceiver_ar_long.py [--tokens 4000] [--block 1024] [--pio-python PIO/bin/python]
+    python bench/perceiver_ar_long.py --device cuda      # on a GPU: bfloat16 weights, SDPA, the same runs
 
 - sustained: int8, a 4,096-token prompt with 1 latent (perceiver-io's default), greedy, `--tokens` new
   tokens: the latents grow to 2,048 (the window fills after 2,048 tokens), then blocks of `--block`
@@ -16,6 +17,8 @@ perceiver-io 0.11.0's own generate() on the same weights.
   latents grow and from a full window, beside amadeus' fp32 and int8 over the same tokens.
 
 Weights are random: speed does not depend on them. Everything is printed as JSON with the machine.
+With `--device cuda` the model runs in bfloat16 on the GPU (int8 is a CPU format here: its weights would
+be dequantized at every call) and only the sustained run is made, beside fp32 over the first tokens.
 """
 
 from __future__ import annotations
@@ -44,13 +47,17 @@ EVENTS = 388
 def step_times(model: PerceiverAR, prompt_len: int, num_latents: int, tokens: int, block: int,
                seed: int = 0) -> list[float]:
     """Seconds of each of `tokens` greedy steps (the first one is the prefill's)."""
-    prompt = torch.randint(0, EVENTS, (1, prompt_len), generator=torch.Generator().manual_seed(seed))
+    device = next(model.parameters(), torch.empty(0)).device
+    prompt = torch.randint(0, EVENTS, (1, prompt_len), generator=torch.Generator().manual_seed(seed)).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times, start = [], time.perf_counter()
     logits, state = model.prefill(prompt, num_latents=num_latents, latent_block=block)
     for _ in range(tokens):
+        sync()
         times.append(time.perf_counter() - start)
         start = time.perf_counter()
         logits, state = model.step(logits[:, :EVENTS].argmax(-1), state)
+    sync()
     return times[1:] + [time.perf_counter() - start]
 
 
@@ -73,6 +80,19 @@ def pio_side(python: str, args: list[str]) -> str:
     return done.stdout
 
 
+def on_gpu(args: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    fp32 = PerceiverAR(sam_giant_midi_config()).eval().to(args.device)
+    bf16 = PerceiverAR(sam_giant_midi_config()).eval().to(args.device, torch.bfloat16)
+    bf16.load_state_dict(fp32.state_dict())
+    n = args.compare_tokens
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "block": args.block,
+              "fp32_first_tokens": rate(step_times(fp32, 4096, 1, n, args.block)),
+              "bf16_first_tokens": rate(step_times(bf16, 4096, 1, n, args.block)), "compare_tokens": n,
+              "bf16_sustained": sustained(bf16, args.tokens, args.block)}
+    print(json.dumps(result, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=4000)
@@ -82,7 +102,10 @@ def main() -> None:
     ap.add_argument("--pio-python", default=None, help="perceiver-io's side environment's python")
     ap.add_argument("--pio-tokens", type=int, default=200)
     ap.add_argument("--threads", default=f"1,2,{os.cpu_count()}")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda: bfloat16 on the GPU")
     args = ap.parse_args()
+    if args.device != "cpu":
+        return on_gpu(args)
     threads = sorted({int(t) for t in args.threads.split(",")})
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -275,10 +275,11 @@ class PerceiverAR(nn.Module):
     @property
     def kv_dtype(self) -> torch.dtype:
         """The type attention reads keys/values in: bfloat16 once the weights are int8 (amadeus.quant),
-        halving what a cached step reads; float32 otherwise. Every path (cached or not) rounds them."""
+        halving what a cached step reads; else the weights' own. Every path (cached or not) rounds them."""
         weight = getattr(self.hybrid.attn.k_proj, "weight", None)
-        narrow = weight is not None and weight.dtype in (torch.int8, torch.uint8)
-        return torch.bfloat16 if narrow else torch.float32
+        if weight is None or not weight.is_floating_point():
+            return torch.bfloat16 if weight is not None else torch.float32
+        return weight.dtype
 
     def _prefix_for_attention(self, k_pre: Tensor, v_pre: Tensor, pos: Tensor) -> KV:
         """The hybrid layer's prefix keys (rotated at positions pos) and values, as attention reads them."""
