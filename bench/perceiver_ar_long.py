@@ -9,7 +9,8 @@ perceiver-io 0.11.0's own generate() on the same weights.
   tokens: the latents grow to 2,048 (the window fills after 2,048 tokens), then blocks of `--block`
   latents move into the prefix as the window slides. tokens/s over the whole run, and per phase.
   Threads 1, 2 and all of them (torch.set_num_threads).
-- int8 vs fp32: both over the first `--compare-tokens` tokens of the same run, same threads.
+- int8 vs fp32: both over the first `--compare-tokens` tokens of the same run, same threads; and int8
+  without amadeus.native's kernels (PyTorch's ops), their baseline.
 - blocks: int8 on 2 threads from a full window (6,144-token prompt, 2,048 latents), one rate per block size
   over 2,048 tokens (so each run holds the same number of block moves per token).
 - perceiver-io: with `--pio-python` (its side environment, bench/perceiver_io_side.py) the random weights
@@ -24,6 +25,7 @@ be dequantized at every call) and only the sustained run is made, beside fp32 ov
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -36,6 +38,7 @@ import torch
 
 from amadeus import native
 from amadeus.hardware import machine
+from amadeus.models import perceiver_ar
 from amadeus.models.perceiver_ar import PerceiverAR, sam_giant_midi_config
 from amadeus.quant.convert import int8_with_random_calibration
 
@@ -71,6 +74,23 @@ def sustained(model: PerceiverAR, tokens: int, block: int) -> dict:
     grow = cfg.max_latents - 1  # steps until the window is full
     return {"tokens": tokens, "tokens_per_second": rate(times), "growing": rate(times[:grow]),
             "past_the_window": rate(times[grow:]), "slowest_step_seconds": round(max(times), 3)}
+
+
+@contextlib.contextmanager
+def pytorch_ops_only(model: PerceiverAR):
+    """The int8 model without amadeus.native's kernels (its PyTorch path): the kernels' baseline."""
+    linears = [m for m in model.modules() if getattr(m, "packed", None) is not None]
+    packed = [m.packed for m in linears]
+    saved = perceiver_ar.layer_steps, native.attend_one
+    try:
+        for m in linears:
+            m.packed = None
+        perceiver_ar.layer_steps, native.attend_one = (lambda model: None), (lambda *args: None)
+        yield model
+    finally:
+        for m, p in zip(linears, packed, strict=True):
+            m.packed = p
+        perceiver_ar.layer_steps, native.attend_one = saved
 
 
 def pio_side(python: str, args: list[str]) -> str:
@@ -125,8 +145,11 @@ def main() -> None:
             torch.set_num_threads(t)
             n = args.compare_tokens
             f, q = rate(step_times(fp32, 4096, 1, n, args.block)), rate(step_times(int8, 4096, 1, n, args.block))
+            with pytorch_ops_only(int8) as plain:
+                p = rate(step_times(plain, 4096, 1, n, args.block))
             row = {"fp32_first_tokens": f, "int8_first_tokens": q, "int8_over_fp32": round(q / f, 2),
-                   "compare_tokens": n, "int8_sustained": sustained(int8, args.tokens, args.block)}
+                   "int8_without_native_kernels_first_tokens": p, "compare_tokens": n,
+                   "int8_sustained": sustained(int8, args.tokens, args.block)}
             result["threads"][t] = row
             print(f"threads {t}: {json.dumps(row)}", file=sys.stderr, flush=True)
         if args.blocks:

@@ -6,6 +6,7 @@
     amadeus live --synth
     amadeus serve
     amadeus import-perceiver-io path/to/hf-model-dir save/sam.sess
+    amadeus quantize save/sam.sess save/sam.int8.sess --data my-data/
     amadeus report
     amadeus preprocess MIDI_DIR OUT_DIR
 
@@ -43,6 +44,12 @@ def _import_perceiver_io(args: argparse.Namespace) -> None:
 
     import_perceiver_io(args.src, args.dst)
     print(f"wrote {args.dst}")
+
+
+def _quantize(args: argparse.Namespace) -> None:
+    from amadeus.quantize_file import quantize_cli
+
+    quantize_cli(args)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -87,6 +94,7 @@ EXAMPLES = {
     "serve": ["amadeus serve",
               "amadeus serve --host 0.0.0.0 --https --takes my-takes/"],
     "import-perceiver-io": ["amadeus import-perceiver-io path/to/hf-model-dir save/sam.sess"],
+    "quantize": ["amadeus quantize save/sam.sess save/sam.int8.sess --data sam-data/"],
     "preprocess": ["amadeus preprocess my-midi/ my-data/ --workers 2"],
 }
 
@@ -147,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="folder with config.json and pytorch_model.bin (or model.safetensors)")
     p.add_argument("dst", help="the .sess file to write")
     p.set_defaults(run=_import_perceiver_io)
+
+    p = _command(sub, "quantize", "an int8 copy of an fp32 checkpoint, calibrated on a folder of .data files")
+    p.add_argument("src", help="the fp32 .sess (e.g. from import-perceiver-io)")
+    p.add_argument("dst", help="the int8 .sess to write")
+    p.add_argument("--data", required=True, help="a folder from `amadeus preprocess` in the checkpoint's codec "
+                   "(e.g. --flavour perceiver-io for an imported model)")
+    p.add_argument("--windows", type=int, default=16,
+                   help="windows to calibrate on, and as many to measure the NLL on (default: 16)")
+    p.add_argument("--window", type=int, default=None, help="events per window (default: the model's context)")
+    p.add_argument("--mode", default="asymmetric_signed", help="int8 grid (default: asymmetric_signed)")
+    p.add_argument("--seed", type=int, default=0, help="which windows (default: 0)")
+    p.set_defaults(run=_quantize)
 
     p = _command(sub, "preprocess", "encode a folder of MIDI files to .data files (outside DVC)")
     p.add_argument("midi_dir")
