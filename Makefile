@@ -39,6 +39,9 @@ bench: setup browser
 	$(BIN)/python bench/corpus.py
 	$(BIN)/python bench/train.py --bf16
 	$(BIN)/python bench/quantize.py
+	$(BIN)/python bench/native_kernels.py
+	$(BIN)/python bench/perceiver_ar_long.py   # add --pio-python for perceiver-io beside it
+	$(BIN)/python bench/perceiver_ar_blocks.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/perceiver_ar.py
 	$(BIN)/python bench/live.py

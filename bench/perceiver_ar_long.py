@@ -34,9 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from amadeus import native
+from amadeus import data, native, vocab
 from amadeus.hardware import machine
 from amadeus.models import perceiver_ar
 from amadeus.models.perceiver_ar import PerceiverAR, sam_giant_midi_config
@@ -93,6 +94,16 @@ def pytorch_ops_only(model: PerceiverAR):
         perceiver_ar.layer_steps, native.attend_one = saved
 
 
+def music_event_rates(folder: Path) -> dict:
+    """How many events per second real music needs: per piece of a processed folder, its events over its
+    seconds (the range over pieces), and the most events in any one second of any piece."""
+    pieces = [np.asarray(p) for split in data.SPLITS for p in data.load_split(folder, split)]
+    means = [len(p) / vocab.event_seconds(p) for p in pieces if vocab.event_seconds(p) > 0]
+    densest = max(int(np.bincount(vocab.event_times(p) // vocab.STEPS_PER_SECOND).max()) for p in pieces)
+    return {"folder": str(folder), "pieces": len(pieces), "mean_events_per_second_min": round(min(means), 1),
+            "mean_events_per_second_max": round(max(means), 1), "densest_second_events": densest}
+
+
 def pio_side(python: str, args: list[str]) -> str:
     done = subprocess.run([python, str(HERE / "perceiver_io_side.py"), *args], capture_output=True, text=True)
     if done.returncode != 0:
@@ -123,6 +134,8 @@ def main() -> None:
     ap.add_argument("--pio-tokens", type=int, default=200)
     ap.add_argument("--threads", default=f"1,2,{os.cpu_count()}")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda: bfloat16 on the GPU")
+    ap.add_argument("--music", type=Path, default=Path("dataset/processed/maestro-sample"),
+                    help="processed music to read the events/s real music needs from (skipped if absent)")
     args = ap.parse_args()
     if args.device != "cpu":
         return on_gpu(args)
@@ -141,6 +154,8 @@ def main() -> None:
         int8 = int8_with_random_calibration(fp32)
         result = {"machine": machine(), "cpus": os.cpu_count(), "native_kernels": native.available(),
                   "config": "released (sam_giant_midi_config)", "block": args.block, "threads": {}}
+        if (args.music / "manifest.json").is_file():
+            result["real_music"] = music_event_rates(args.music)
         for t in threads:
             torch.set_num_threads(t)
             n = args.compare_tokens

@@ -16,14 +16,14 @@ from amadeus.perceiver_io_import import import_perceiver_io
 FIXTURE = Path(__file__).parent / "fixtures" / "perceiver_io" / "model"
 
 
-def write_pieces(folder: Path, count: int = 4) -> None:
+def write_pieces(folder: Path, count: int = 4, notes: int = 120) -> None:
     rng = np.random.default_rng(0)
     folder.mkdir()
     for n in range(count):
         pm = pretty_midi.PrettyMIDI()
         piano = pretty_midi.Instrument(program=0)
         t = 0.0
-        for _ in range(120):
+        for _ in range(notes):
             start = t + float(rng.choice([0.0, 0.12, 0.25]))
             piano.notes.append(pretty_midi.Note(int(rng.integers(40, 110)), int(rng.integers(40, 85)), start,
                                                 start + float(rng.uniform(0.1, 0.8))))

@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from test_generation import checkpoint, prompt_midi, save_checkpoint, tiny_model  # noqa: F401 (a fixture)
 
 from amadeus.cli import build_parser
@@ -74,9 +76,33 @@ def test_all_but_the_hardware_examples_run():
     assert any("--input-file" in c for c in runnable())
 
 
+def perceiver_io_files(root: Path) -> None:
+    """What the README's perceiver-io example starts from and makes: MIDI files (my-midi/), a checkpoint
+    that reads the perceiver-io codec with 1,024 latents (save/sam.sess, tiny otherwise), its data
+    (sam-data/) and its int8 copy."""
+    from test_pipeline_stages import save_checkpoint as save_sess
+    from test_quantize_file import write_pieces
+
+    from amadeus.models.perceiver_ar import PerceiverAR, PerceiverARConfig
+    from amadeus.quantize_file import quantize_file
+
+    write_pieces(root / "my-midi", notes=1200)
+    torch.manual_seed(0)
+    model = PerceiverAR(PerceiverARConfig(max_seq_len=3072, max_latents=1024, num_channels=32, num_heads=2,
+                                          num_self_attention_layers=1))
+    save_sess(root / "save" / "sam.sess", model, codec={"flavour": "perceiver-io"})
+    subprocess.run([sys.executable, "-m", "amadeus.cli", "preprocess", "my-midi", "sam-data", "--flavour",
+                    "perceiver-io"], cwd=root, check=True, capture_output=True)
+    quantize_file(root / "save" / "sam.sess", root / "save" / "sam.int8.sess", root / "sam-data", windows=2)
+
+
 @pytest.mark.parametrize("command", runnable())
 def test_amadeus_commands_run(command, tmp_path, checkpoint):  # noqa: F811
     prompt_midi().write(str(tmp_path / "my-phrase.mid"))
+    if "sam" in command:
+        perceiver_io_files(tmp_path)
+        if command.startswith("amadeus preprocess"):
+            shutil.rmtree(tmp_path / "sam-data")  # the command makes it
     argv = shlex.split(command)[1:]
     done = subprocess.run([sys.executable, "-m", "amadeus.cli", *argv], cwd=tmp_path, capture_output=True,
                           text=True, timeout=180)
