@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt tools/setup-system.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=23.2"
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
-	$(BIN)/python -m amadeus.native   # builds the batch-1 kernels once (amadeus.native)
+	$(BIN)/python -c "import amadeus.native as n; n.main()"   # builds the batch-1 kernels once
 	@touch $(STAMP)
 
 browser:  # Debian's chromium, for the studio's browser tests and benchmark

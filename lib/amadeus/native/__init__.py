@@ -187,6 +187,6 @@ def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) 
 
 @main_entry
 def main() -> None:
-    """`python -m amadeus.native`: build the kernels now (make setup does) and say where they are."""
+    """Build the kernels now and say where they are (make setup calls this)."""
     path = build()
     print(f"amadeus.native: {path}" if path else "amadeus.native: not built; PyTorch's ops are used")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,6 @@ from amadeus.hardware import resolve_device
 from amadeus.params import as_dict, build, knob, section, seed_knob
 from amadeus.pipeline import paths
 from amadeus.pipeline.eval_prompts import EvalPromptConfig, HeldOut, held_out
-from amadeus.pipeline.params_check import check_latent_kwargs
 from amadeus.playing_rules import PlayingRules
 from amadeus.prompt_passthrough import midi_bytes
 
@@ -138,6 +138,24 @@ def showcase_indices(count: int, showcase: int) -> list[int]:
     if count == 0 or showcase == 0:
         return []
     return sorted({int(round(i)) for i in np.linspace(0, count - 1, min(showcase, count))})
+
+
+# Perceiver AR's generation arguments that count latents: each is an integer in 1..max_latents.
+LATENT_KWARGS = ("num_latents", "latent_block")
+
+
+def check_latent_kwargs(kwargs: Mapping[str, Any], most: int | None, family: str, bound: str) -> None:
+    """Refuse, in one line naming the key, a latent count the model cannot take; `most` is the model's
+    max_latents (None: a family without latents), `bound` names where that limit comes from."""
+    for key in LATENT_KWARGS:
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        where = f"params.yaml: generate.model_kwargs.{family}.{key}"
+        if most is None:
+            raise UserError(f"{where}: this family has no latents")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+            raise UserError(f"{where}: {value!r} is out of range; must be an integer in 1..{most} ({bound})")
 
 
 def _check_num_latents(kwargs: dict, model: Any, family: str) -> None:

@@ -80,6 +80,7 @@ def validate(params: Mapping[str, Any], root: Path | None = None) -> None:
 
 def _check_model_kwargs(model_kwargs: Mapping[str, Any], configs: Mapping[str, Any]) -> None:
     """generate.model_kwargs against the architectures in `models` (the checkpoint is checked again)."""
+    from amadeus.pipeline.generate import check_latent_kwargs
     for family, kwargs in model_kwargs.items():
         if family not in configs:
             continue
@@ -87,21 +88,3 @@ def _check_model_kwargs(model_kwargs: Mapping[str, Any], configs: Mapping[str, A
             raise UserError(f"params.yaml: generate.model_kwargs.{family}: expected a mapping, got {kwargs!r}")
         check_latent_kwargs(kwargs, getattr(configs[family], "max_latents", None), family,
                             f"models.{family}.max_latents")
-
-
-# Perceiver AR's generation arguments that count latents: each is an integer in 1..max_latents.
-LATENT_KWARGS = ("num_latents", "latent_block")
-
-
-def check_latent_kwargs(kwargs: Mapping[str, Any], most: int | None, family: str, bound: str) -> None:
-    """Refuse, in one line naming the key, a latent count the model cannot take; `most` is the model's
-    max_latents (None: a family without latents), `bound` names where that limit comes from."""
-    for key in LATENT_KWARGS:
-        value = kwargs.get(key)
-        if value is None:
-            continue
-        where = f"params.yaml: generate.model_kwargs.{family}.{key}"
-        if most is None:
-            raise UserError(f"{where}: this family has no latents")
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
-            raise UserError(f"{where}: {value!r} is out of range; must be an integer in 1..{most} ({bound})")
