@@ -45,6 +45,9 @@ from amadeus.quant.convert import int8_with_random_calibration
 
 HERE = Path(__file__).parent
 EVENTS = 388
+RELEASED = sam_giant_midi_config()
+GROWING = (RELEASED.max_seq_len - RELEASED.max_latents, 1)  # prompt length, latents: a full prefix, one latent
+FULL = (RELEASED.max_seq_len, RELEASED.max_latents)  # a full window
 
 
 @torch.no_grad()
@@ -118,8 +121,8 @@ def on_gpu(args: argparse.Namespace) -> None:
     bf16.load_state_dict(fp32.state_dict())
     n = args.compare_tokens
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "block": args.block,
-              "fp32_first_tokens": rate(step_times(fp32, 4096, 1, n, args.block)),
-              "bf16_first_tokens": rate(step_times(bf16, 4096, 1, n, args.block)), "compare_tokens": n,
+              "fp32_first_tokens": rate(step_times(fp32, *GROWING, n, args.block)),
+              "bf16_first_tokens": rate(step_times(bf16, *GROWING, n, args.block)), "compare_tokens": n,
               "bf16_sustained": sustained(bf16, args.tokens, args.block)}
     print(json.dumps(result, indent=2))
 
@@ -159,9 +162,9 @@ def main() -> None:
         for t in threads:
             torch.set_num_threads(t)
             n = args.compare_tokens
-            f, q = rate(step_times(fp32, 4096, 1, n, args.block)), rate(step_times(int8, 4096, 1, n, args.block))
+            f, q = rate(step_times(fp32, *GROWING, n, args.block)), rate(step_times(int8, *GROWING, n, args.block))
             with pytorch_ops_only(int8) as plain:
-                p = rate(step_times(plain, 4096, 1, n, args.block))
+                p = rate(step_times(plain, *GROWING, n, args.block))
             row = {"fp32_first_tokens": f, "int8_first_tokens": q, "int8_over_fp32": round(q / f, 2),
                    "int8_without_native_kernels_first_tokens": p, "compare_tokens": n,
                    "int8_sustained": sustained(int8, args.tokens, args.block)}
@@ -172,7 +175,7 @@ def main() -> None:
             blocks = {}
             for b in (int(b) for b in args.blocks.split(",")):
                 n = 4 if b == 1 else 2048  # block 1 recomputes every latent at every step
-                blocks[b] = rate(step_times(int8, 6144, 2048, n, b))
+                blocks[b] = rate(step_times(int8, *FULL, n, b))
                 print(f"block {b}: {blocks[b]} tokens/s", file=sys.stderr, flush=True)
             result["int8_2_threads_full_window_by_block"] = blocks
         if args.pio_python:
@@ -181,10 +184,10 @@ def main() -> None:
                 torch.set_num_threads(t)
                 pio = json.loads(pio_side(args.pio_python, ["speed", tmp, "--threads", str(t), "--tokens", str(n)]))
                 side[t] = {"perceiver_io_fp32": pio,
-                           "amadeus_fp32": {"growing": rate(step_times(fp32, 4096, 1, n, args.block)),
-                                            "full_window": rate(step_times(fp32, 6144, 2048, n, args.block))},
-                           "amadeus_int8": {"growing": rate(step_times(int8, 4096, 1, n, args.block)),
-                                            "full_window": rate(step_times(int8, 6144, 2048, n, args.block))}}
+                           "amadeus_fp32": {"growing": rate(step_times(fp32, *GROWING, n, args.block)),
+                                            "full_window": rate(step_times(fp32, *FULL, n, args.block))},
+                           "amadeus_int8": {"growing": rate(step_times(int8, *GROWING, n, args.block)),
+                                            "full_window": rate(step_times(int8, *FULL, n, args.block))}}
                 print(f"side by side, threads {t}: {json.dumps(side[t])}", file=sys.stderr, flush=True)
             result["side_by_side"] = {"tokens": n, "block": args.block, "by_threads": side}
     print(json.dumps(result, indent=2))

@@ -121,3 +121,15 @@ def test_amadeus_native_0_turns_the_kernels_off(tmp_path):
     code = "from amadeus import native\nprint(native.available())"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.stdout.strip() == "False" and done.stderr == ""
+
+
+@needs_kernels
+def test_new_weights_get_new_layer_steps():
+    model = int8_perceiver()
+    before, steps = greedy(model, True, steps=40), perceiver_step.layer_steps(model)
+    for m in model.modules():
+        if isinstance(m, Int8Linear):
+            m.prepare()  # what loading a state dict does: new packed weights, the old ones freed
+    assert perceiver_step.layer_steps(model) is not steps  # the C structs never point into freed weights
+    assert perceiver_step.layer_steps(model) is perceiver_step.layer_steps(model)  # and are built once
+    assert torch.equal(greedy(model, True, steps=40), before)

@@ -130,19 +130,24 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(channels, channels, bias=False)
         self.o_proj = nn.Linear(channels, channels, bias=out_bias)
 
-    def project(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries, keys and values [B, n, C] of h [B, n, C]. When the three projections are int8 with
-        amadeus.native's packed weights, a few rows go through one fused product (the same numbers)."""
+    def fused_qkv(self):
+        """One amadeus.native product for q, k and v together, when the three are int8 with packed weights
+        that quantize their input alike (else None); built once per set of weights."""
         parts = [getattr(m, "packed", None) for m in (self.q_proj, self.k_proj, self.v_proj)]
+        if None in parts:
+            return None
+        if getattr(self, "_fused_parts", None) != parts:  # the same objects (held, so no id is reused)
+            self._fused, self._fused_parts = native.PackedInt8Linear.concat(parts), parts
+        return self._fused
+
+    def project(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values [B, n, C] of h [B, n, C]; a few rows go through the fused product
+        when there is one (the same numbers)."""
         rows = h.shape[0] * h.shape[1]
-        if None in parts or rows > native.MAX_ROWS or h.dtype != torch.float32:
+        fused = self.fused_qkv() if rows <= native.MAX_ROWS and h.dtype == torch.float32 else None
+        if fused is None:
             return self.q_proj(h), self.k_proj(h), self.v_proj(h)
-        key = tuple(map(id, parts))
-        if getattr(self, "_fused_key", None) != key:  # built once per set of weights
-            self._fused, self._fused_key = native.PackedInt8Linear.concat(parts), key
-        if self._fused is None:
-            return self.q_proj(h), self.k_proj(h), self.v_proj(h)
-        return self._fused(h.reshape(rows, -1)).view(*h.shape[:2], 3, -1).unbind(2)
+        return fused(h.reshape(rows, -1)).view(*h.shape[:2], 3, -1).unbind(2)
 
     def heads_of(self, x: Tensor) -> Tensor:
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, n, C] -> [B, H, n, D]
@@ -277,9 +282,9 @@ class PerceiverAR(nn.Module):
         """The type attention reads keys/values in: bfloat16 once the weights are int8 (amadeus.quant),
         halving what a cached step reads; else the weights' own. Every path (cached or not) rounds them."""
         weight = getattr(self.hybrid.attn.k_proj, "weight", None)
-        if weight is None or not weight.is_floating_point():
-            return torch.bfloat16 if weight is not None else torch.float32
-        return weight.dtype
+        if weight is None:  # a drop-in module that keeps its weights otherwise
+            return torch.float32
+        return weight.dtype if weight.is_floating_point() else torch.bfloat16
 
     def _prefix_for_attention(self, k_pre: Tensor, v_pre: Tensor, pos: Tensor) -> KV:
         """The hybrid layer's prefix keys (rotated at positions pos) and values, as attention reads them."""

@@ -128,28 +128,31 @@ class PackedInt8Linear:
 
     def __init__(self, weight: torch.Tensor, ss: torch.Tensor, nzss: torch.Tensor, bias_eff: torch.Tensor,
                  inv_sx: float, zx: float, has_zw: bool) -> None:
-        n, k = weight.shape
-        self.n, self.k = n, k
-        self.tensors = (pack_int8(weight), weight.sum(1, dtype=torch.int32), ss.float().contiguous(),
-                        nzss.float().contiguous(), bias_eff.float().contiguous())  # kept alive for the addresses
-        self.args = ([t.data_ptr() for t in self.tensors], (inv_sx, zx, int(has_zw)))
+        self.n, self.k = weight.shape
+        self.inv_sx, self.zx, self.has_zw = inv_sx, zx, bool(has_zw)
+        self._keep((pack_int8(weight), weight.sum(1, dtype=torch.int32), ss.float().contiguous(),
+                    nzss.float().contiguous(), bias_eff.float().contiguous()))
+
+    def _keep(self, tensors: tuple[torch.Tensor, ...]) -> None:
+        """Hold the packed weights, row sums, ss, nzss and bias_eff, and take their addresses once."""
+        self.tensors = tensors
+        self.pointers = [t.data_ptr() for t in tensors]
 
     @classmethod
     def concat(cls, parts: list[PackedInt8Linear]) -> PackedInt8Linear | None:
         """One product computing the parts' outputs side by side (one pass over x, one C call), or None
         when they quantize their input differently. The packed layout stacks by output blocks."""
-        if len({p.args[1][:2] for p in parts}) != 1 or len({p.k for p in parts}) != 1:
+        first = parts[0]
+        if any((p.inv_sx, p.zx, p.k) != (first.inv_sx, first.zx, first.k) for p in parts):
             return None
         new = cls.__new__(cls)
-        new.n, new.k = sum(p.n for p in parts), parts[0].k
-        new.tensors = tuple(torch.cat([p.tensors[i] for p in parts]) for i in range(5))
-        inv_sx, zx, _ = parts[0].args[1]
-        new.args = ([t.data_ptr() for t in new.tensors], (inv_sx, zx, int(any(p.args[1][2] for p in parts))))
+        new.n, new.k = sum(p.n for p in parts), first.k
+        new.inv_sx, new.zx, new.has_zw = first.inv_sx, first.zx, any(p.has_zw for p in parts)
+        new._keep(tuple(torch.cat([p.tensors[i] for p in parts]) for i in range(len(first.tensors))))
         return new
 
     def as_struct(self) -> LinearStruct:
-        (wp, rowsum, ss, nzss, bias), (inv_sx, zx, has_zw) = self.args
-        return LinearStruct(wp, rowsum, ss, nzss, bias, inv_sx, zx, has_zw, self.n, self.k)
+        return LinearStruct(*self.pointers, self.inv_sx, self.zx, int(self.has_zw), self.n, self.k)
 
     @staticmethod
     def fits(weight: torch.Tensor) -> bool:
@@ -162,9 +165,8 @@ class PackedInt8Linear:
         m = x.shape[0]
         y = torch.empty(m, self.n)
         scratch = torch.empty(m * self.k, dtype=torch.uint8)  # per call: a model may serve several threads
-        (wp, rowsum, ss, nzss, bias), (inv_sx, zx, has_zw) = self.args
-        library().int8_linear(x.data_ptr(), m, self.k, self.n, wp, rowsum, ss, nzss, bias, inv_sx, zx, has_zw,
-                               y.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
+        library().int8_linear(x.data_ptr(), m, self.k, self.n, *self.pointers, self.inv_sx, self.zx,
+                              int(self.has_zw), y.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
         return y
 
 

@@ -1,9 +1,10 @@
 """One new token through all layers of an int8 Perceiver AR in kernels.c's `layer_step`, batch 1.
 
-A cached step of the 134M model runs ~20 small PyTorch ops per layer; their dispatch costs about as
-much as streaming the layer's weights. `layer_step` does a layer's arithmetic in one C call: the same
-formulas as PerceiverAR._step_one (LayerNorm, int8 projections, rotary, the bfloat16 cache write,
-attention, MLP with exact GELU), equal up to float rounding (tests/test_native.py)."""
+A cached step otherwise dispatches about 45 small PyTorch ops per layer (863 for 19 layers,
+bench/native_kernels.py), each costing microseconds around kernels that take tens. `layer_step` does a
+layer's arithmetic in one C call: the same formulas as PerceiverAR._step_one (LayerNorm, int8
+projections, rotary, the bfloat16 cache write, attention, MLP with exact GELU), equal up to float
+rounding (tests/test_native.py)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,12 @@ class LayerSteps:
     """kernels.c Layer structs for every layer of `model` (the hybrid one first); built once per set of
     weights (`key`), holding the tensors the structs point into."""
 
-    def __init__(self, model: torch.nn.Module, key: tuple) -> None:
+    def __init__(self, model: torch.nn.Module, key: list) -> None:
         self.key = key
         cfg = model.config
         self.channels, self.heads = cfg.num_channels, cfg.num_heads
         self.rot = model.rotary.dim
         self.rotates = [model._rotates(i) for i in range(len(model.layers) + 1)]
-        self.keep = []  # fused projections the structs point into
         self.structs = [self._layer(model.hybrid.q_norm, model.hybrid.attn, model.hybrid.mlp)]
         self.structs += [self._layer(layer.norm, layer.attn, layer.mlp) for layer in model.layers]
         self.eps = model.hybrid.q_norm.eps
@@ -33,17 +33,13 @@ class LayerSteps:
         self.addresses = [ctypes.addressof(s) for s in self.structs]
 
     def _layer(self, norm, attn, mlp) -> native.LayerStruct:
-        parts = [attn.q_proj.packed, attn.k_proj.packed, attn.v_proj.packed]
-        fused = native.PackedInt8Linear.concat(parts)
         s = native.LayerStruct()
         s.norm_w, s.norm_b = norm.weight.data_ptr(), norm.bias.data_ptr()
-        if fused is not None:
-            self.keep.append(fused)
-            s.proj[0], s.nproj = fused.as_struct(), 1
-        else:
-            for i, part in enumerate(parts):
-                s.proj[i] = part.as_struct()
-            s.nproj = 3
+        fused = attn.fused_qkv()  # the Attention keeps it alive
+        parts = [fused] if fused is not None else [attn.q_proj.packed, attn.k_proj.packed, attn.v_proj.packed]
+        for i, part in enumerate(parts):
+            s.proj[i] = part.as_struct()
+        s.nproj = len(parts)
         s.out, s.fc1, s.fc2 = attn.o_proj.packed.as_struct(), mlp.fc1.packed.as_struct(), mlp.fc2.packed.as_struct()
         s.mlp_norm_w, s.mlp_norm_b = mlp.norm.weight.data_ptr(), mlp.norm.bias.data_ptr()
         return s
@@ -83,9 +79,12 @@ def layer_steps(model: torch.nn.Module) -> LayerSteps | None:
         return None
     norms = [model.hybrid.q_norm, model.hybrid.mlp.norm]
     norms += [n for layer in model.layers for n in (layer.norm, layer.mlp.norm)]
-    key = tuple(map(id, packed)) + tuple(n.weight.data_ptr() for n in norms) + tuple(n.bias.data_ptr() for n in norms)
+    # what the structs point into: the objects themselves (held by the key, so a freed one's id or address
+    # cannot come back as a new one's) and the fused projections, which the fused_qkv calls refresh
+    key = [*packed, *(t for n in norms for t in (n.weight, n.bias)),
+           *(layer.attn.fused_qkv() for layer in [model.hybrid, *model.layers])]
     steps = _STEPS.get(model)
-    if steps is None or steps.key != key:
+    if steps is None or len(steps.key) != len(key) or any(a is not b for a, b in zip(steps.key, key, strict=True)):
         steps = _STEPS[model] = LayerSteps(model, key)
     return steps
 
